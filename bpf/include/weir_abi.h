@@ -1,0 +1,305 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * weir ABI: every map key and value, ring record, verdict and reason code
+ * shared by bpf/, native/ and src/. This is the only definition. The addon
+ * exports the sizes, offsets and codes below (native/abi.cc) and
+ * test/unit/abi.test.ts proves the TypeScript encoders match them.
+ *
+ * Rules:
+ *  - fixed-width types only, explicit padding, _Static_assert on every size;
+ *  - a map whose key or value layout changes gets a new name (`_v2`), so a
+ *    pinned map of the old layout is migrated, never reused;
+ *  - record types and codes are append-only: a number is never reused.
+ */
+#ifndef WEIR_ABI_H
+#define WEIR_ABI_H
+
+#include <linux/types.h>
+
+#define WEIR_ABI_VERSION 1
+
+/* ---- verdicts and reasons ------------------------------------------- */
+
+/* What happened to a connection attempt or packet. Counters are indexed by
+ * (endpoint, verdict), so keep WEIR_VERDICT__MAX small. */
+enum weir_verdict {
+	WEIR_VERDICT_NONE = 0,	/* not a governed pod: untouched, not counted */
+	WEIR_VERDICT_ALLOW = 1,
+	WEIR_VERDICT_DROP = 2,
+	WEIR_VERDICT_AUDIT = 3,	/* passed, but Audit-mode policy would drop */
+	WEIR_VERDICT_REPLY = 4,	/* passed as a reply to an inbound flow */
+	WEIR_VERDICT__MAX = 5,
+};
+
+enum weir_reason {
+	WEIR_REASON_NONE = 0,
+	WEIR_REASON_NOT_ISOLATED = 1,	/* no Enforce policy selects the pod */
+	WEIR_REASON_ALLOW_RULE = 2,	/* an allow rule matched */
+	WEIR_REASON_DENY_RULE = 3,	/* a deny rule of an Enforce policy */
+	WEIR_REASON_DEFAULT_DENY = 4,	/* isolated and no allow rule matched */
+	WEIR_REASON_REPLY = 5,		/* conntrack: reply to an inbound flow */
+	WEIR_REASON_AUDIT_DENY_RULE = 6,
+	WEIR_REASON_AUDIT_DEFAULT_DENY = 7,
+	WEIR_REASON_NO_POLICY_SET = 8,	/* pod's set id has no entry: fail closed */
+	WEIR_REASON__MAX = 9,
+};
+
+/* Which program produced a verdict or event. */
+enum weir_hook {
+	WEIR_HOOK_CONNECT4 = 1,
+	WEIR_HOOK_CONNECT6 = 2,
+	WEIR_HOOK_SENDMSG4 = 3,
+	WEIR_HOOK_SENDMSG6 = 4,
+	WEIR_HOOK_EGRESS = 5,
+	WEIR_HOOK_INGRESS = 6,
+};
+
+/* Rule-class bits found for a destination. E_* come from Enforce policies,
+ * A_* from Audit policies. See bpf/lib/verdict.h for the precedence. */
+#define WEIR_BIT_E_DENY  0x01
+#define WEIR_BIT_E_ALLOW 0x02
+#define WEIR_BIT_A_DENY  0x04
+#define WEIR_BIT_A_ALLOW 0x08
+
+/* ---- pods: cgroup id -> endpoint ------------------------------------- */
+
+/*
+ * weir_pods: HASH, key = cgroup id (u64) of a pod-level cgroup (the
+ * kubelet's pod<uid> directory or kubepods-<qos>-pod<uid>.slice). The
+ * datapath looks up the socket's ancestors at the two levels where pod
+ * cgroups can sit (guaranteed: kubepods+1, burstable/besteffort:
+ * kubepods+2), so every container below the pod, including ones started
+ * later, resolves to the pod with no per-container entry.
+ */
+struct weir_pod_value {
+	__u32 set_id;		/* index into weir_sets */
+	__u32 endpoint_id;	/* dense id for counters, < max_endpoints */
+	__u32 flags;		/* WEIR_POD_F_* */
+	__u32 _pad;
+};
+_Static_assert(sizeof(struct weir_pod_value) == 16, "weir_pod_value");
+
+#define WEIR_POD_F_TRACK_INGRESS 0x1	/* record inbound flows for replies */
+
+/* ---- policy sets ----------------------------------------------------- */
+
+/*
+ * weir_sets: ARRAY indexed by set id. Pods selected by the same policies
+ * share one set. A set is replaced by writing a new value whose roots point
+ * at freshly written trie nodes: one 16-byte element update, so a packet
+ * sees either the old policy or the new one, never a mix within a family.
+ */
+struct weir_set_value {
+	__u32 root4;		/* trie node index for IPv4, 0 = no entries */
+	__u32 root6;		/* trie node index for IPv6, 0 = no entries */
+	__u32 flags;		/* WEIR_SET_F_* */
+	__u32 generation;	/* policy generation that wrote this set */
+};
+_Static_assert(sizeof(struct weir_set_value) == 16, "weir_set_value");
+
+#define WEIR_SET_F_VALID      0x1	/* set id in use */
+#define WEIR_SET_F_E_ISOLATED 0x2	/* an Enforce policy selects the pods */
+#define WEIR_SET_F_A_ISOLATED 0x4	/* an Audit policy selects the pods */
+
+/* ---- destination trie (multibit, stride 8) ---------------------------- */
+
+/*
+ * weir_trie_nodes: ARRAY of 256-slot nodes, a multibit trie with stride 8
+ * and leaf pushing: byte i of the destination address indexes the node at
+ * depth i. A slot is
+ *   0                      no rule covers this range (class 0),
+ *   WEIR_SLOT_CHILD | n    descend to node n with the next byte,
+ *   c (c > 0)              the range resolves to port class c.
+ * IPv4 needs at most 4 lookups, IPv6 at most 16, each an inlined array
+ * access, whatever the number of prefixes: that is what lets the datapath
+ * beat a single LPM-trie lookup at 100k prefixes. Identical subtrees are
+ * shared between sets (hash-consed in src/datapath/trie-builder.ts).
+ * Node 0 is never used so that 0 can mean "no node".
+ */
+#define WEIR_TRIE_STRIDE 8
+#define WEIR_TRIE_FANOUT 256
+#define WEIR_SLOT_CHILD 0x80000000u
+struct weir_trie_node {
+	__u32 slot[WEIR_TRIE_FANOUT];
+};
+_Static_assert(sizeof(struct weir_trie_node) == 1024, "weir_trie_node");
+
+/* ---- port classes ------------------------------------------------------ */
+
+/*
+ * weir_port_classes: ARRAY indexed by class id. A class is what applies to
+ * one range of destination addresses: any_bits for rules without ports (all
+ * protocols, ICMP included), and up to WEIR_PORT_RANGES_MAX disjoint
+ * (proto, lo..hi) ranges sorted by (proto, lo), searched by bisection.
+ * Class 0 is the empty class.
+ */
+#define WEIR_PORT_RANGES_MAX 64
+struct weir_port_range {
+	__u8 proto;		/* IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP */
+	__u8 bits;		/* WEIR_BIT_* */
+	__u16 lo;		/* host byte order */
+	__u16 hi;		/* inclusive */
+	__u16 _pad;
+};
+_Static_assert(sizeof(struct weir_port_range) == 8, "weir_port_range");
+
+struct weir_port_class {
+	__u8 any_bits;		/* bits for every protocol and port */
+	__u8 nranges;
+	__u16 _pad0;
+	__u32 _pad1;
+	struct weir_port_range r[WEIR_PORT_RANGES_MAX];
+};
+_Static_assert(sizeof(struct weir_port_class) == 8 + 8 * WEIR_PORT_RANGES_MAX,
+	       "weir_port_class");
+
+/* ---- counters ---------------------------------------------------------- */
+
+/* weir_counters: PERCPU_ARRAY indexed by endpoint_id * WEIR_VERDICT__MAX +
+ * verdict. Exact: every judged packet adds its segments and bytes. */
+struct weir_counter {
+	__u64 packets;
+	__u64 bytes;
+};
+_Static_assert(sizeof(struct weir_counter) == 16, "weir_counter");
+
+/* weir_stats: PERCPU_ARRAY of u64 indexed by enum weir_stat. */
+enum weir_stat {
+	WEIR_STAT_EVENTS_SENT = 0,
+	WEIR_STAT_EVENTS_LOST = 1,	/* ring buffer full: event not queued */
+	WEIR_STAT_EVENTS_AGGREGATED = 2,/* folded into a later event's count */
+	WEIR_STAT_PARSE_ERRORS = 3,	/* truncated or malformed headers */
+	WEIR_STAT_CT_INSERT = 4,
+	WEIR_STAT_CT_INSERT_FAILED = 5,
+	WEIR_STAT_AGG_INSERT_FAILED = 6,
+	WEIR_STAT_FRAGMENTS = 7,	/* non-first fragments judged by address */
+	WEIR_STAT__MAX = 8,
+};
+
+/* ---- conntrack for inbound flows --------------------------------------- */
+
+/*
+ * weir_conntrack: LRU_HASH. The ingress program records flows that reached
+ * a pod from outside (TCP SYN without ACK, UDP datagrams, ICMP echo
+ * requests); the egress path consults it only when the policy would drop,
+ * so allowed traffic never pays for it. Addresses are stored as 16 bytes;
+ * IPv4 uses the first 4. For ICMP echo, local_port = remote_port = echo id.
+ */
+struct weir_ct_key {
+	__u8 family;		/* AF_INET or AF_INET6 */
+	__u8 proto;
+	__u16 local_port;	/* network byte order */
+	__u16 remote_port;	/* network byte order */
+	__u16 _pad;
+	__u8 local[16];
+	__u8 remote[16];
+};
+_Static_assert(sizeof(struct weir_ct_key) == 40, "weir_ct_key");
+
+struct weir_ct_value {
+	__u64 last_seen_ns;	/* bpf_ktime_get_ns() of the last inbound packet */
+};
+_Static_assert(sizeof(struct weir_ct_value) == 8, "weir_ct_value");
+
+/* ---- event aggregation --------------------------------------------------- */
+
+/*
+ * weir_flow_agg: LRU_HASH. One violation event per flow per interval: the
+ * first violation of a flow is sent at once, later ones within
+ * event_interval_ns only raise `pending`, which the next event carries as
+ * its count. Counters stay exact regardless.
+ */
+struct weir_agg_key {
+	__u32 endpoint_id;
+	__u8 family;
+	__u8 proto;
+	__u8 verdict;
+	__u8 reason;
+	__u16 dport;		/* network byte order */
+	__u16 _pad;
+	__u8 dst[16];
+};
+_Static_assert(sizeof(struct weir_agg_key) == 28, "weir_agg_key");
+
+struct weir_agg_value {
+	__u64 last_sent_ns;
+	__u32 pending;		/* violations since last_sent_ns not yet reported */
+	__u32 _pad;
+};
+_Static_assert(sizeof(struct weir_agg_value) == 16, "weir_agg_value");
+
+/* ---- ring records --------------------------------------------------------- */
+
+/* Every ring record starts with this type byte. Append only. Userspace
+ * counts unknown types and skips them. */
+enum weir_record_type {
+	WEIR_REC_VERDICT = 1,
+};
+
+struct weir_event {
+	__u8 type;		/* WEIR_REC_VERDICT */
+	__u8 verdict;		/* enum weir_verdict */
+	__u8 reason;		/* enum weir_reason */
+	__u8 hook;		/* enum weir_hook */
+	__u8 family;		/* AF_INET or AF_INET6 */
+	__u8 proto;		/* IPPROTO_* */
+	__u8 bits;		/* WEIR_BIT_* found for the destination */
+	__u8 _pad0;
+	__u32 endpoint_id;
+	__u32 set_id;
+	__u32 generation;	/* policy generation of the set */
+	__u32 pid;		/* tgid, 0 when not known */
+	__u32 count;		/* violations this event stands for (>= 1) */
+	__u32 _pad1;
+	__u64 cgroup_id;	/* the socket's own cgroup */
+	__u64 ts_ns;		/* bpf_ktime_get_ns() */
+	__u8 src[16];
+	__u8 dst[16];
+	__u16 sport;		/* host byte order */
+	__u16 dport;		/* host byte order */
+	__u32 _pad2;
+	char comm[16];
+};
+_Static_assert(sizeof(struct weir_event) == 128, "weir_event");
+
+/* ---- socket owner (sk_storage) ----------------------------------------- */
+
+/* weir_sk_owner: SK_STORAGE, filled when a pod socket is created so that
+ * per-packet events (revocation, ICMP) can name the process. */
+struct weir_sk_owner {
+	__u32 pid;
+	__u32 _pad;
+	char comm[16];
+};
+_Static_assert(sizeof(struct weir_sk_owner) == 24, "weir_sk_owner");
+
+/* ---- per-node settings ---------------------------------------------------- */
+
+/*
+ * The only .rodata variable of every weir program (`const volatile struct
+ * weir_config weir_cfg`), written by the loader before load so one .bpf.o
+ * serves every node; the verifier then treats the fields as constants.
+ */
+struct weir_config {
+	__u32 pod_level_lo;	/* cgroup level of guaranteed pods (kubepods + 1) */
+	__u32 pod_level_hi;	/* level of burstable/besteffort pods (kubepods + 2) */
+	__u64 event_interval_ns;/* one event per flow per interval */
+	__u64 ct_timeout_ns;	/* idle timeout of inbound-flow tracking */
+	__u32 max_endpoints;	/* size of the counter table / WEIR_VERDICT__MAX */
+	__u32 flags;		/* WEIR_CFG_F_* */
+};
+_Static_assert(sizeof(struct weir_config) == 32, "weir_config");
+
+#define WEIR_CFG_F_EVENTS_ALLOW 0x1	/* also emit events for allowed flows */
+
+/* ---- default capacities (overridable before load) ------------------------- */
+#define WEIR_DEFAULT_MAX_PODS       4096
+#define WEIR_DEFAULT_MAX_ENDPOINTS  4096
+#define WEIR_DEFAULT_MAX_SETS       4096
+#define WEIR_DEFAULT_MAX_NODES      16384
+#define WEIR_DEFAULT_MAX_CLASSES    16384
+#define WEIR_DEFAULT_CT_ENTRIES     65536
+#define WEIR_DEFAULT_AGG_ENTRIES    16384
+#define WEIR_DEFAULT_RINGBUF_BYTES  (1u << 22)
+
+#endif /* WEIR_ABI_H */
