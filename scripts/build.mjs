@@ -62,7 +62,7 @@ function buildBpf() {
   for (const [src, out] of jobs) {
     console.log(`weir build: clang ${src.slice(root.length + 1)}`);
     run('clang', [
-      '-target', 'bpf', '-O2', '-g', '-Wall', '-Werror',
+      '-target', 'bpf', '-mcpu=v3', '-O2', '-g', '-Wall', '-Werror',
       '-D__TARGET_ARCH_x86',
       '-I', join(root, 'bpf/include'), '-I', join(root, 'bpf'),
       '-I', '/usr/include/x86_64-linux-gnu',

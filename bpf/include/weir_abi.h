@@ -155,8 +155,16 @@ _Static_assert(sizeof(struct weir_port_class) == 8 + 8 * WEIR_PORT_RANGES_MAX,
 
 /* ---- counters ---------------------------------------------------------- */
 
-/* weir_counters: PERCPU_ARRAY indexed by endpoint_id * WEIR_VERDICT__MAX +
- * verdict. Exact: every judged packet adds its segments and bytes. */
+/*
+ * weir_counters: PERCPU_ARRAY indexed by
+ *   endpoint_id * WEIR_COUNTER_STRIDE + kind * WEIR_VERDICT__MAX + verdict
+ * where kind is WEIR_COUNT_PACKETS (cgroup_skb egress: every judged packet
+ * adds its segments and bytes) or WEIR_COUNT_SOCKETS (connect/sendmsg
+ * verdicts: packets = operations, bytes = 0). Exact, never sampled.
+ */
+#define WEIR_COUNT_PACKETS 0
+#define WEIR_COUNT_SOCKETS 1
+#define WEIR_COUNTER_STRIDE (2 * WEIR_VERDICT__MAX)
 struct weir_counter {
 	__u64 packets;
 	__u64 bytes;
@@ -179,22 +187,26 @@ enum weir_stat {
 /* ---- conntrack for inbound flows --------------------------------------- */
 
 /*
- * weir_conntrack: LRU_HASH. The ingress program records flows that reached
- * a pod from outside (TCP SYN without ACK, UDP datagrams, ICMP echo
- * requests); the egress path consults it only when the policy would drop,
- * so allowed traffic never pays for it. Addresses are stored as 16 bytes;
- * IPv4 uses the first 4. For ICMP echo, local_port = remote_port = echo id.
+ * weir_ct: LRU_HASH. The ingress program records flows that reached a pod
+ * from outside (created by a TCP SYN without ACK, a UDP datagram or an ICMP
+ * echo request; refreshed by later inbound packets of the flow). The egress
+ * side consults it only when the policy would not allow, so allowed traffic
+ * never pays for it. The key names the pod by endpoint id rather than by
+ * local address so that sendmsg on a wildcard-bound UDP socket (local
+ * address not chosen yet) finds the flow. The agent deletes an endpoint's
+ * entries before it reuses the id. Remote IPv4 uses the first 4 bytes.
+ * For ICMP echo, local_port = remote_port = echo identifier.
  */
 struct weir_ct_key {
+	__u32 endpoint_id;
 	__u8 family;		/* AF_INET or AF_INET6 */
 	__u8 proto;
 	__u16 local_port;	/* network byte order */
 	__u16 remote_port;	/* network byte order */
 	__u16 _pad;
-	__u8 local[16];
 	__u8 remote[16];
 };
-_Static_assert(sizeof(struct weir_ct_key) == 40, "weir_ct_key");
+_Static_assert(sizeof(struct weir_ct_key) == 28, "weir_ct_key");
 
 struct weir_ct_value {
 	__u64 last_seen_ns;	/* bpf_ktime_get_ns() of the last inbound packet */
@@ -260,7 +272,7 @@ struct weir_event {
 	__u32 _pad2;
 	char comm[16];
 };
-_Static_assert(sizeof(struct weir_event) == 128, "weir_event");
+_Static_assert(sizeof(struct weir_event) == 104, "weir_event");
 
 /* ---- socket owner (sk_storage) ----------------------------------------- */
 

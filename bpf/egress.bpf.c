@@ -1,0 +1,78 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0)
+/*
+ * cgroup_skb/egress: the per-packet verdict. Covers what the socket hooks
+ * cannot see (ICMP, raw sockets, connected UDP sends) and revocation:
+ * packets of an established connection are judged against the current
+ * policy, so removing an allowance cuts the connection. Counts every judged
+ * packet exactly, by endpoint and verdict.
+ */
+#include "lib/common.h"
+#include "lib/identity.h"
+#include "lib/parse.h"
+#include "lib/policy.h"
+#include "lib/conntrack.h"
+#include "lib/report.h"
+
+SEC("cgroup_skb/egress")
+int weir_egress(struct __sk_buff *skb)
+{
+	struct weir_pod_value *pod;
+	struct weir_decision d;
+	struct weir_flow f;
+	struct weir_l4 l4;
+	__u32 generation;
+	__u64 segs;
+
+	pod = weir_pod_of_skb(skb);
+	if (!pod)
+		return 1;
+	if (skb->ifindex == WEIR_LOOPBACK_IFINDEX)
+		return 1;
+	if (weir_parse_skb(skb, &f, &l4)) {
+		/* Not IP, or truncated: the kernel would not route it as a
+		 * pod's egress either. Count it and let it go. */
+		weir_stat_inc(WEIR_STAT_PARSE_ERRORS);
+		return 1;
+	}
+	if (weir_is_loopback(&f))
+		return 1;
+	if (f.fragment)
+		weir_stat_inc(WEIR_STAT_FRAGMENTS);
+
+	weir_judge(pod, &f, &d, &generation);
+
+	if (d.verdict == WEIR_VERDICT_DROP || d.verdict == WEIR_VERDICT_AUDIT) {
+		struct weir_ct_key k;
+
+		weir_ct_key_egress(&k, pod->endpoint_id, &f, l4.icmp_id);
+		if (weir_ct_is_reply(&k)) {
+			d.verdict = WEIR_VERDICT_REPLY;
+			d.reason = WEIR_REASON_REPLY;
+		}
+	}
+
+	segs = skb->gso_segs ? skb->gso_segs : 1;
+	weir_count(pod->endpoint_id, WEIR_COUNT_PACKETS, d.verdict, segs, skb->len);
+
+	if (weir_reportable(d.verdict)) {
+		struct weir_origin o = { .hook = WEIR_HOOK_EGRESS };
+		struct bpf_sock *sk = skb->sk;
+
+		o.cgroup_id = bpf_skb_cgroup_id(skb);
+		if (sk) {
+			sk = bpf_sk_fullsock(sk);
+			if (sk) {
+				struct weir_sk_owner *ow = bpf_sk_storage_get(&weir_sk_owner, sk, 0, 0);
+
+				if (ow) {
+					o.pid = ow->pid;
+					__builtin_memcpy(o.comm, ow->comm, sizeof(o.comm));
+				}
+			}
+		}
+		weir_report(pod, generation, &f, &d, &o);
+	}
+	return d.verdict == WEIR_VERDICT_DROP ? 0 : 1;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

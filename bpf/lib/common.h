@@ -1,0 +1,125 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/* Includes, map definitions and the per-node config shared by every weir
+ * program. Each <hook>.bpf.c includes this once; the loader pins every map
+ * under the same path so all objects share one instance of each map. */
+#ifndef WEIR_COMMON_H
+#define WEIR_COMMON_H
+
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <linux/in6.h>
+#include <linux/socket.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "weir_abi.h"
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
+
+#define WEIR_LOOPBACK_IFINDEX 1	/* lo is ifindex 1 in every netns */
+
+/* Written by the loader before load (see struct weir_config). */
+const volatile struct weir_config weir_cfg = {
+	.pod_level_lo = 0,
+	.pod_level_hi = 0,
+	.event_interval_ns = 1000000000ull,
+	.ct_timeout_ns = 300000000000ull,
+	.max_endpoints = WEIR_DEFAULT_MAX_ENDPOINTS,
+	.flags = 0,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEIR_DEFAULT_MAX_PODS);
+	__type(key, __u64);
+	__type(value, struct weir_pod_value);
+} weir_pods SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, WEIR_DEFAULT_MAX_SETS);
+	__type(key, __u32);
+	__type(value, struct weir_set_value);
+} weir_sets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, WEIR_DEFAULT_MAX_NODES);
+	__type(key, __u32);
+	__type(value, struct weir_trie_node);
+} weir_nodes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, WEIR_DEFAULT_MAX_CLASSES);
+	__type(key, __u32);
+	__type(value, struct weir_port_class);
+} weir_classes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, WEIR_DEFAULT_MAX_ENDPOINTS * WEIR_COUNTER_STRIDE);
+	__type(key, __u32);
+	__type(value, struct weir_counter);
+} weir_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, WEIR_STAT__MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} weir_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, WEIR_DEFAULT_CT_ENTRIES);
+	__type(key, struct weir_ct_key);
+	__type(value, struct weir_ct_value);
+} weir_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, WEIR_DEFAULT_AGG_ENTRIES);
+	__type(key, struct weir_agg_key);
+	__type(value, struct weir_agg_value);
+} weir_agg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, WEIR_DEFAULT_RINGBUF_BYTES);
+} weir_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct weir_sk_owner);
+} weir_sk_owner SEC(".maps");
+
+static __always_inline void weir_stat_inc(__u32 which)
+{
+	__u64 *v = bpf_map_lookup_elem(&weir_stats, &which);
+
+	if (v)
+		*v += 1;
+}
+
+/* A flow as the policy sees it: who (endpoint), to where, how. Addresses
+ * are 16 bytes; IPv4 uses the first 4. Ports are host byte order. */
+struct weir_flow {
+	__u8 family;
+	__u8 proto;
+	__u8 has_ports;		/* L4 ports known (TCP/UDP/SCTP first fragment) */
+	__u8 fragment;		/* non-first fragment: judged by address */
+	__u16 sport;
+	__u16 dport;
+	__u8 src[16];
+	__u8 dst[16];
+};
+
+#endif /* WEIR_COMMON_H */

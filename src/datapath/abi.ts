@@ -1,0 +1,354 @@
+// TypeScript encoders and decoders for the structs in bpf/include/weir_abi.h.
+// Offsets are written out here once; test/unit/abi.test.ts checks every size,
+// offset and code against the table the addon builds from the C header.
+import { FANOUT } from './trie.js';
+
+export const SIZES = {
+  weir_pod_value: 16,
+  weir_set_value: 16,
+  weir_trie_node: 1024,
+  weir_port_range: 8,
+  weir_port_class: 8 + 8 * 64,
+  weir_counter: 16,
+  weir_ct_key: 28,
+  weir_ct_value: 8,
+  weir_agg_key: 28,
+  weir_agg_value: 16,
+  weir_event: 104,
+  weir_sk_owner: 24,
+  weir_config: 32,
+} as const;
+
+export const OFFSETS = {
+  'weir_pod_value.set_id': 0,
+  'weir_pod_value.endpoint_id': 4,
+  'weir_pod_value.flags': 8,
+  'weir_set_value.root4': 0,
+  'weir_set_value.root6': 4,
+  'weir_set_value.flags': 8,
+  'weir_set_value.generation': 12,
+  'weir_port_class.any_bits': 0,
+  'weir_port_class.nranges': 1,
+  'weir_port_class.r': 8,
+  'weir_port_range.proto': 0,
+  'weir_port_range.bits': 1,
+  'weir_port_range.lo': 2,
+  'weir_port_range.hi': 4,
+  'weir_counter.packets': 0,
+  'weir_counter.bytes': 8,
+  'weir_ct_key.endpoint_id': 0,
+  'weir_ct_key.family': 4,
+  'weir_ct_key.proto': 5,
+  'weir_ct_key.local_port': 6,
+  'weir_ct_key.remote_port': 8,
+  'weir_ct_key.remote': 12,
+  'weir_ct_value.last_seen_ns': 0,
+  'weir_agg_key.endpoint_id': 0,
+  'weir_agg_key.family': 4,
+  'weir_agg_key.proto': 5,
+  'weir_agg_key.verdict': 6,
+  'weir_agg_key.reason': 7,
+  'weir_agg_key.dport': 8,
+  'weir_agg_key.dst': 12,
+  'weir_agg_value.last_sent_ns': 0,
+  'weir_agg_value.pending': 8,
+  'weir_event.type': 0,
+  'weir_event.verdict': 1,
+  'weir_event.reason': 2,
+  'weir_event.hook': 3,
+  'weir_event.family': 4,
+  'weir_event.proto': 5,
+  'weir_event.bits': 6,
+  'weir_event.endpoint_id': 8,
+  'weir_event.set_id': 12,
+  'weir_event.generation': 16,
+  'weir_event.pid': 20,
+  'weir_event.count': 24,
+  'weir_event.cgroup_id': 32,
+  'weir_event.ts_ns': 40,
+  'weir_event.src': 48,
+  'weir_event.dst': 64,
+  'weir_event.sport': 80,
+  'weir_event.dport': 82,
+  'weir_event.comm': 88,
+  'weir_sk_owner.pid': 0,
+  'weir_sk_owner.comm': 8,
+  'weir_config.pod_level_lo': 0,
+  'weir_config.pod_level_hi': 4,
+  'weir_config.event_interval_ns': 8,
+  'weir_config.ct_timeout_ns': 16,
+  'weir_config.max_endpoints': 24,
+  'weir_config.flags': 28,
+} as const;
+
+export const CONST = {
+  WEIR_ABI_VERSION: 1,
+  WEIR_VERDICT__MAX: 5,
+  WEIR_COUNTER_STRIDE: 10,
+  WEIR_COUNT_PACKETS: 0,
+  WEIR_COUNT_SOCKETS: 1,
+  WEIR_PORT_RANGES_MAX: 64,
+  WEIR_SLOT_CHILD: 0x80000000,
+  WEIR_REC_VERDICT: 1,
+  WEIR_STAT__MAX: 8,
+  WEIR_POD_F_TRACK_INGRESS: 0x1,
+  WEIR_CFG_F_EVENTS_ALLOW: 0x1,
+} as const;
+
+export const STAT_NAMES = [
+  'events_sent',
+  'events_lost',
+  'events_aggregated',
+  'parse_errors',
+  'ct_insert',
+  'ct_insert_failed',
+  'agg_insert_failed',
+  'fragments',
+] as const;
+export type StatName = (typeof STAT_NAMES)[number];
+
+export const HOOK_NAMES: Record<number, string> = {
+  1: 'connect4',
+  2: 'connect6',
+  3: 'sendmsg4',
+  4: 'sendmsg6',
+  5: 'egress',
+  6: 'ingress',
+};
+
+export function u32Key(i: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(i >>> 0);
+  return b;
+}
+
+export function u64Key(v: bigint): Buffer {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64LE(v);
+  return b;
+}
+
+export interface PodValue {
+  setId: number;
+  endpointId: number;
+  flags: number;
+}
+
+export function encodePodValue(v: PodValue): Buffer {
+  const b = Buffer.alloc(SIZES.weir_pod_value);
+  b.writeUInt32LE(v.setId, OFFSETS['weir_pod_value.set_id']);
+  b.writeUInt32LE(v.endpointId, OFFSETS['weir_pod_value.endpoint_id']);
+  b.writeUInt32LE(v.flags, OFFSETS['weir_pod_value.flags']);
+  return b;
+}
+
+export function decodePodValue(b: Buffer): PodValue {
+  return {
+    setId: b.readUInt32LE(OFFSETS['weir_pod_value.set_id']),
+    endpointId: b.readUInt32LE(OFFSETS['weir_pod_value.endpoint_id']),
+    flags: b.readUInt32LE(OFFSETS['weir_pod_value.flags']),
+  };
+}
+
+export interface SetValue {
+  root4: number;
+  root6: number;
+  flags: number;
+  generation: number;
+}
+
+export function encodeSetValue(v: SetValue): Buffer {
+  const b = Buffer.alloc(SIZES.weir_set_value);
+  b.writeUInt32LE(v.root4 >>> 0, OFFSETS['weir_set_value.root4']);
+  b.writeUInt32LE(v.root6 >>> 0, OFFSETS['weir_set_value.root6']);
+  b.writeUInt32LE(v.flags >>> 0, OFFSETS['weir_set_value.flags']);
+  b.writeUInt32LE(v.generation >>> 0, OFFSETS['weir_set_value.generation']);
+  return b;
+}
+
+export function decodeSetValue(b: Buffer): SetValue {
+  return {
+    root4: b.readUInt32LE(OFFSETS['weir_set_value.root4']),
+    root6: b.readUInt32LE(OFFSETS['weir_set_value.root6']),
+    flags: b.readUInt32LE(OFFSETS['weir_set_value.flags']),
+    generation: b.readUInt32LE(OFFSETS['weir_set_value.generation']),
+  };
+}
+
+export function encodeTrieNode(slots: Uint32Array): Buffer {
+  if (slots.length !== FANOUT) throw new RangeError(`trie node needs ${FANOUT} slots, got ${slots.length}`);
+  const b = Buffer.alloc(SIZES.weir_trie_node);
+  for (let i = 0; i < FANOUT; i++) b.writeUInt32LE((slots[i] ?? 0) >>> 0, i * 4);
+  return b;
+}
+
+export function decodeTrieNode(b: Buffer): Uint32Array {
+  const out = new Uint32Array(FANOUT);
+  for (let i = 0; i < FANOUT; i++) out[i] = b.readUInt32LE(i * 4);
+  return out;
+}
+
+export interface PortClassValue {
+  anyBits: number;
+  ranges: { proto: number; bits: number; lo: number; hi: number }[];
+}
+
+export function encodePortClass(c: PortClassValue): Buffer {
+  if (c.ranges.length > CONST.WEIR_PORT_RANGES_MAX) {
+    throw new RangeError(`a port class holds at most ${CONST.WEIR_PORT_RANGES_MAX} ranges, got ${c.ranges.length}`);
+  }
+  const b = Buffer.alloc(SIZES.weir_port_class);
+  b.writeUInt8(c.anyBits, OFFSETS['weir_port_class.any_bits']);
+  b.writeUInt8(c.ranges.length, OFFSETS['weir_port_class.nranges']);
+  c.ranges.forEach((r, i) => {
+    const o = OFFSETS['weir_port_class.r'] + i * SIZES.weir_port_range;
+    b.writeUInt8(r.proto, o + OFFSETS['weir_port_range.proto']);
+    b.writeUInt8(r.bits, o + OFFSETS['weir_port_range.bits']);
+    b.writeUInt16LE(r.lo, o + OFFSETS['weir_port_range.lo']);
+    b.writeUInt16LE(r.hi, o + OFFSETS['weir_port_range.hi']);
+  });
+  return b;
+}
+
+export function decodePortClass(b: Buffer): PortClassValue {
+  const n = b.readUInt8(OFFSETS['weir_port_class.nranges']);
+  const ranges: PortClassValue['ranges'] = [];
+  for (let i = 0; i < n; i++) {
+    const o = OFFSETS['weir_port_class.r'] + i * SIZES.weir_port_range;
+    ranges.push({
+      proto: b.readUInt8(o + OFFSETS['weir_port_range.proto']),
+      bits: b.readUInt8(o + OFFSETS['weir_port_range.bits']),
+      lo: b.readUInt16LE(o + OFFSETS['weir_port_range.lo']),
+      hi: b.readUInt16LE(o + OFFSETS['weir_port_range.hi']),
+    });
+  }
+  return { anyBits: b.readUInt8(OFFSETS['weir_port_class.any_bits']), ranges };
+}
+
+export interface Counter {
+  packets: bigint;
+  bytes: bigint;
+}
+
+/** Sums a per-CPU weir_counter value (each CPU's slot is 8-byte aligned). */
+export function decodePerCpuCounter(b: Buffer, cpus: number): Counter {
+  let packets = 0n;
+  let bytes = 0n;
+  const stride = SIZES.weir_counter; // already a multiple of 8
+  for (let c = 0; c < cpus; c++) {
+    packets += b.readBigUInt64LE(c * stride + OFFSETS['weir_counter.packets']);
+    bytes += b.readBigUInt64LE(c * stride + OFFSETS['weir_counter.bytes']);
+  }
+  return { packets, bytes };
+}
+
+export function decodePerCpuU64(b: Buffer, cpus: number): bigint {
+  let v = 0n;
+  for (let c = 0; c < cpus; c++) v += b.readBigUInt64LE(c * 8);
+  return v;
+}
+
+export function counterIndex(endpointId: number, kind: number, verdict: number): number {
+  return endpointId * CONST.WEIR_COUNTER_STRIDE + kind * CONST.WEIR_VERDICT__MAX + verdict;
+}
+
+export interface CtKey {
+  endpointId: number;
+  family: number; // AF_INET (2) or AF_INET6 (10)
+  proto: number;
+  localPort: number; // host order here; stored in network order
+  remotePort: number;
+  remote: Uint8Array;
+}
+
+export function encodeCtKey(k: CtKey): Buffer {
+  const b = Buffer.alloc(SIZES.weir_ct_key);
+  b.writeUInt32LE(k.endpointId, OFFSETS['weir_ct_key.endpoint_id']);
+  b.writeUInt8(k.family, OFFSETS['weir_ct_key.family']);
+  b.writeUInt8(k.proto, OFFSETS['weir_ct_key.proto']);
+  b.writeUInt16BE(k.localPort, OFFSETS['weir_ct_key.local_port']);
+  b.writeUInt16BE(k.remotePort, OFFSETS['weir_ct_key.remote_port']);
+  Buffer.from(k.remote).copy(b, OFFSETS['weir_ct_key.remote']);
+  return b;
+}
+
+export function decodeCtKey(b: Buffer): CtKey {
+  return {
+    endpointId: b.readUInt32LE(OFFSETS['weir_ct_key.endpoint_id']),
+    family: b.readUInt8(OFFSETS['weir_ct_key.family']),
+    proto: b.readUInt8(OFFSETS['weir_ct_key.proto']),
+    localPort: b.readUInt16BE(OFFSETS['weir_ct_key.local_port']),
+    remotePort: b.readUInt16BE(OFFSETS['weir_ct_key.remote_port']),
+    remote: Uint8Array.from(b.subarray(OFFSETS['weir_ct_key.remote'], OFFSETS['weir_ct_key.remote'] + 16)),
+  };
+}
+
+export interface RawEvent {
+  type: number;
+  verdict: number;
+  reason: number;
+  hook: number;
+  family: number;
+  proto: number;
+  bits: number;
+  endpointId: number;
+  setId: number;
+  generation: number;
+  pid: number;
+  count: number;
+  cgroupId: bigint;
+  tsNs: bigint;
+  src: Uint8Array;
+  dst: Uint8Array;
+  sport: number;
+  dport: number;
+  comm: string;
+}
+
+export function decodeEvent(b: Buffer): RawEvent {
+  if (b.length < SIZES.weir_event) throw new RangeError(`event record too short: ${b.length} bytes`);
+  const o = OFFSETS;
+  const commRaw = b.subarray(o['weir_event.comm'], o['weir_event.comm'] + 16);
+  const nul = commRaw.indexOf(0);
+  return {
+    type: b.readUInt8(o['weir_event.type']),
+    verdict: b.readUInt8(o['weir_event.verdict']),
+    reason: b.readUInt8(o['weir_event.reason']),
+    hook: b.readUInt8(o['weir_event.hook']),
+    family: b.readUInt8(o['weir_event.family']),
+    proto: b.readUInt8(o['weir_event.proto']),
+    bits: b.readUInt8(o['weir_event.bits']),
+    endpointId: b.readUInt32LE(o['weir_event.endpoint_id']),
+    setId: b.readUInt32LE(o['weir_event.set_id']),
+    generation: b.readUInt32LE(o['weir_event.generation']),
+    pid: b.readUInt32LE(o['weir_event.pid']),
+    count: b.readUInt32LE(o['weir_event.count']),
+    cgroupId: b.readBigUInt64LE(o['weir_event.cgroup_id']),
+    tsNs: b.readBigUInt64LE(o['weir_event.ts_ns']),
+    src: Uint8Array.from(b.subarray(o['weir_event.src'], o['weir_event.src'] + 16)),
+    dst: Uint8Array.from(b.subarray(o['weir_event.dst'], o['weir_event.dst'] + 16)),
+    sport: b.readUInt16LE(o['weir_event.sport']),
+    dport: b.readUInt16LE(o['weir_event.dport']),
+    comm: commRaw.subarray(0, nul < 0 ? 16 : nul).toString('utf8'),
+  };
+}
+
+export interface Config {
+  podLevelLo: number;
+  podLevelHi: number;
+  eventIntervalNs: bigint;
+  ctTimeoutNs: bigint;
+  maxEndpoints: number;
+  flags: number;
+}
+
+export function encodeConfig(c: Config): Buffer {
+  const b = Buffer.alloc(SIZES.weir_config);
+  b.writeUInt32LE(c.podLevelLo, OFFSETS['weir_config.pod_level_lo']);
+  b.writeUInt32LE(c.podLevelHi, OFFSETS['weir_config.pod_level_hi']);
+  b.writeBigUInt64LE(c.eventIntervalNs, OFFSETS['weir_config.event_interval_ns']);
+  b.writeBigUInt64LE(c.ctTimeoutNs, OFFSETS['weir_config.ct_timeout_ns']);
+  b.writeUInt32LE(c.maxEndpoints, OFFSETS['weir_config.max_endpoints']);
+  b.writeUInt32LE(c.flags, OFFSETS['weir_config.flags']);
+  return b;
+}

@@ -1,0 +1,439 @@
+// Writes the engine's desired state into the policy maps with the fewest
+// writes and no window in which a packet sees a half-written policy:
+//
+//   1. new port classes, then new trie nodes (children before parents),
+//   2. each changed set in one element update (its new roots),
+//   3. pod entries (cgroup id -> set, endpoint),
+//   4. only then release what nothing references any more; released
+//      indices are quarantined before reuse (see allocator.ts).
+//
+// A packet therefore sees either the old complete policy or the new one.
+// The writer keeps a mirror of what it wrote so that an unchanged set or pod
+// costs no syscall.
+import type { Logger } from 'pino';
+import type { DesiredSet, DesiredState } from '../policy/engine.js';
+import { classKey, SET_F_E_ISOLATED, SET_F_VALID, type FlatPrefix } from '../policy/compile.js';
+import {
+  SIZES,
+  decodePodValue,
+  decodeSetValue,
+  decodeTrieNode,
+  decodePortClass,
+  encodePodValue,
+  encodePortClass,
+  encodeSetValue,
+  encodeTrieNode,
+  u32Key,
+  u64Key,
+  type PodValue,
+  type SetValue,
+} from './abi.js';
+import { CapacityError, IndexAllocator } from './allocator.js';
+import { buildTrie, encodeNode, SLOT_CHILD, type BuiltTrie } from './trie.js';
+
+/** The map operations the writer needs; implemented by the addon's BpfMap. */
+export interface WritableMap {
+  readonly name: string;
+  readonly maxEntries: number;
+  lookup(key: Buffer): Buffer | null;
+  update(key: Buffer, value: Buffer, flags?: number): void;
+  delete(key: Buffer): boolean;
+  updateBatch(keys: Buffer, values: Buffer, count: number, flags?: number): void;
+  dump(): { keys: Buffer; values: Buffer; count: number };
+}
+
+export interface PolicyMaps {
+  pods: WritableMap;
+  sets: WritableMap;
+  nodes: WritableMap;
+  classes: WritableMap;
+}
+
+interface SetRecord {
+  id: number;
+  contentKey: string;
+  value: SetValue;
+  nodeKeys: string[];
+  classKeys: string[];
+  failed: boolean;
+}
+
+interface Slot {
+  index: number;
+  refs: number;
+}
+
+export interface PodBinding {
+  uid: string;
+  namespace: string;
+  name: string;
+  cgroupId: bigint;
+  setKey: string;
+}
+
+export interface ApplyResult {
+  generation: number;
+  setsWritten: number;
+  setsRemoved: number;
+  nodesWritten: number;
+  classesWritten: number;
+  podsWritten: number;
+  podsRemoved: number;
+  failedSets: { key: string; error: string }[];
+}
+
+export interface EndpointInfo {
+  endpointId: number;
+  uid: string;
+  namespace: string;
+  name: string;
+  setKey: string;
+  cgroupId: bigint;
+}
+
+export interface WriterCapacities {
+  graceMs: number;
+  maxEndpoints: number;
+}
+
+function contentKeyOf(set: DesiredSet): string {
+  const part = (flat: FlatPrefix[]): string => flat.map((f) => `${Buffer.from(f.prefix.bytes).toString('hex')}/${f.prefix.len}=${f.key}`).join(';');
+  return `${set.flags}#${part(set.v4)}#${part(set.v6)}`;
+}
+
+export class StateWriter {
+  private readonly setAlloc: IndexAllocator;
+  private readonly nodeAlloc: IndexAllocator;
+  private readonly classAlloc: IndexAllocator;
+  private readonly endpointAlloc: IndexAllocator;
+  private readonly sets = new Map<string, SetRecord>();
+  private readonly nodes = new Map<string, Slot>();
+  private readonly classes = new Map<string, Slot>();
+  /** cgroup id (decimal string) -> what was written for it. */
+  private readonly pods = new Map<string, { value: PodValue; binding: PodBinding | null }>();
+  private readonly endpointsByCgroup = new Map<string, number>();
+  /** Indices held by state adopted from pinned maps, released after the first apply. */
+  private legacy: { sets: number[]; nodes: number[]; classes: number[] } | null = null;
+  private gen = 0;
+
+  constructor(
+    private readonly maps: PolicyMaps,
+    caps: WriterCapacities,
+    private readonly log: Logger,
+    /** Called before an endpoint id is reused, to clear its conntrack and counters. */
+    private readonly onEndpointReleased: (endpointId: number) => void = () => {},
+  ) {
+    this.setAlloc = new IndexAllocator('weir_sets', 1, maps.sets.maxEntries, caps.graceMs);
+    this.nodeAlloc = new IndexAllocator('weir_nodes', 1, maps.nodes.maxEntries, caps.graceMs);
+    this.classAlloc = new IndexAllocator('weir_classes', 1, maps.classes.maxEntries, caps.graceMs);
+    this.endpointAlloc = new IndexAllocator('endpoints', 0, caps.maxEndpoints, caps.graceMs);
+  }
+
+  get generation(): number {
+    return this.gen;
+  }
+
+  /**
+   * Takes over what a previous agent left in pinned maps: keeps every
+   * referenced index out of the allocators until the first apply has
+   * replaced it, keeps each pod's endpoint id (counters stay attributed),
+   * and continues the policy generation. Returns what it found.
+   */
+  adopt(): { pods: number; sets: number; nodes: number; classes: number; generation: number } {
+    const legacy = { sets: [] as number[], nodes: [] as number[], classes: [] as number[] };
+    const pd = this.maps.pods.dump();
+    for (let i = 0; i < pd.count; i++) {
+      const cg = pd.keys.readBigUInt64LE(i * 8);
+      const v = decodePodValue(pd.values.subarray(i * SIZES.weir_pod_value, (i + 1) * SIZES.weir_pod_value));
+      this.pods.set(cg.toString(), { value: v, binding: null });
+      this.endpointsByCgroup.set(cg.toString(), v.endpointId);
+      this.endpointAlloc.reserve(v.endpointId);
+    }
+    const sd = this.maps.sets.dump();
+    const seenNodes = new Set<number>();
+    const seenClasses = new Set<number>();
+    for (let i = 0; i < sd.count; i++) {
+      const id = sd.keys.readUInt32LE(i * 4);
+      const v = decodeSetValue(sd.values.subarray(i * SIZES.weir_set_value, (i + 1) * SIZES.weir_set_value));
+      if (!(v.flags & SET_F_VALID)) continue;
+      legacy.sets.push(id);
+      this.setAlloc.reserve(id);
+      this.gen = Math.max(this.gen, v.generation);
+      for (const root of [v.root4, v.root6]) this.collectTrie(root, seenNodes, seenClasses);
+    }
+    for (const n of seenNodes) {
+      legacy.nodes.push(n);
+      this.nodeAlloc.reserve(n);
+    }
+    for (const c of seenClasses) {
+      legacy.classes.push(c);
+      this.classAlloc.reserve(c);
+    }
+    this.legacy = legacy;
+    return { pods: pd.count, sets: legacy.sets.length, nodes: legacy.nodes.length, classes: legacy.classes.length, generation: this.gen };
+  }
+
+  private collectTrie(root: number, nodes: Set<number>, classes: Set<number>): void {
+    const stack = root ? [root] : [];
+    while (stack.length > 0) {
+      const n = stack.pop() as number;
+      if (nodes.has(n)) continue;
+      nodes.add(n);
+      const raw = this.maps.nodes.lookup(u32Key(n));
+      if (!raw) continue;
+      for (const s of decodeTrieNode(raw)) {
+        if (s & SLOT_CHILD) stack.push(s & ~SLOT_CHILD);
+        else if (s) classes.add(s);
+      }
+    }
+  }
+
+  apply(state: DesiredState, bindings: PodBinding[]): ApplyResult {
+    const res: ApplyResult = {
+      generation: this.gen,
+      setsWritten: 0,
+      setsRemoved: 0,
+      nodesWritten: 0,
+      classesWritten: 0,
+      podsWritten: 0,
+      podsRemoved: 0,
+      failedSets: [],
+    };
+    const wanted = new Set(bindings.map((b) => b.setKey));
+    const nextGen = this.gen + 1;
+    const releases: (() => void)[] = [];
+
+    // 1 + 2: sets (classes and nodes first, inside writeSet).
+    for (const key of wanted) {
+      const desired = state.sets.get(key);
+      if (!desired) continue;
+      const old = this.sets.get(key);
+      if (desired.error) {
+        res.failedSets.push({ key, error: desired.error });
+        if (old) continue; // last good version keeps enforcing
+        // Never compiled successfully: fail closed (isolated, nothing allowed).
+        this.writeFailClosed(key, nextGen);
+        res.setsWritten++;
+        continue;
+      }
+      const ck = contentKeyOf(desired);
+      if (old && !old.failed && old.contentKey === ck) continue;
+      const rel = this.writeSet(key, desired, ck, nextGen, res);
+      releases.push(rel);
+      res.setsWritten++;
+    }
+
+    // 3: pods.
+    const wantPods = new Map<string, PodBinding>();
+    for (const b of bindings) wantPods.set(b.cgroupId.toString(), b);
+    for (const [cg, b] of wantPods) {
+      const set = this.sets.get(b.setKey);
+      if (!set) continue;
+      let ep = this.endpointsByCgroup.get(cg);
+      if (ep === undefined) {
+        ep = this.endpointAlloc.alloc();
+        this.endpointsByCgroup.set(cg, ep);
+      }
+      const value: PodValue = { setId: set.id, endpointId: ep, flags: 0 };
+      const cur = this.pods.get(cg);
+      if (!cur || cur.value.setId !== value.setId || cur.value.endpointId !== value.endpointId || cur.value.flags !== value.flags) {
+        this.maps.pods.update(u64Key(b.cgroupId), encodePodValue(value));
+        res.podsWritten++;
+      }
+      this.pods.set(cg, { value, binding: b });
+    }
+    for (const [cg, cur] of [...this.pods]) {
+      if (wantPods.has(cg)) continue;
+      this.maps.pods.delete(u64Key(BigInt(cg)));
+      this.pods.delete(cg);
+      res.podsRemoved++;
+      const ep = this.endpointsByCgroup.get(cg);
+      this.endpointsByCgroup.delete(cg);
+      if (ep !== undefined) {
+        this.onEndpointReleased(ep);
+        this.endpointAlloc.release(ep);
+      }
+      void cur;
+    }
+
+    // 4: sets nobody uses, then everything replaced above.
+    for (const [key, rec] of [...this.sets]) {
+      if (wanted.has(key)) continue;
+      this.maps.sets.update(u32Key(rec.id), encodeSetValue({ root4: 0, root6: 0, flags: 0, generation: nextGen }));
+      this.sets.delete(key);
+      this.setAlloc.release(rec.id);
+      this.unref(rec.nodeKeys, rec.classKeys);
+      res.setsRemoved++;
+    }
+    for (const r of releases) r();
+    if (this.legacy) {
+      const inUse = new Set([...this.sets.values()].map((s) => s.id));
+      for (const s of this.legacy.sets) if (!inUse.has(s)) {
+        this.maps.sets.update(u32Key(s), encodeSetValue({ root4: 0, root6: 0, flags: 0, generation: nextGen }));
+        this.setAlloc.release(s);
+      }
+      for (const n of this.legacy.nodes) this.nodeAlloc.release(n);
+      for (const c of this.legacy.classes) this.classAlloc.release(c);
+      this.legacy = null;
+    }
+
+    if (res.setsWritten + res.setsRemoved + res.podsWritten + res.podsRemoved > 0) this.gen = nextGen;
+    res.generation = this.gen;
+    return res;
+  }
+
+  private writeFailClosed(key: string, gen: number): void {
+    const id = this.setAlloc.alloc();
+    const value: SetValue = { root4: 0, root6: 0, flags: SET_F_VALID | SET_F_E_ISOLATED, generation: gen };
+    this.maps.sets.update(u32Key(id), encodeSetValue(value));
+    this.sets.set(key, { id, contentKey: '', value, nodeKeys: [], classKeys: [], failed: true });
+  }
+
+  /** Writes one set; returns the release of what its previous version used. */
+  private writeSet(key: string, desired: DesiredSet, contentKey: string, gen: number, res: ApplyResult): () => void {
+    const classKeys: string[] = [];
+    const classIds = new Map<string, number>();
+    const newClasses: { index: number; buf: Buffer }[] = [];
+    for (const f of [...desired.v4, ...desired.v6]) {
+      if (classIds.has(f.key)) continue;
+      if (f.cls.anyBits === 0 && f.cls.ranges.length === 0) {
+        classIds.set(f.key, 0); // the empty class is class 0
+        continue;
+      }
+      let slot = this.classes.get(f.key);
+      if (!slot) {
+        slot = { index: this.classAlloc.alloc(), refs: 0 };
+        this.classes.set(f.key, slot);
+        newClasses.push({ index: slot.index, buf: encodePortClass(f.cls) });
+      }
+      slot.refs++;
+      classKeys.push(f.key);
+      classIds.set(f.key, slot.index);
+    }
+    if (newClasses.length > 0) {
+      this.batchWrite(this.maps.classes, newClasses);
+      res.classesWritten += newClasses.length;
+    }
+
+    const nodeKeys: string[] = [];
+    const build = (flat: FlatPrefix[]): BuiltTrie =>
+      buildTrie(flat.map((f) => ({ prefix: f.prefix, classId: classIds.get(f.key) ?? 0 })));
+    const t4 = build(desired.v4);
+    const t6 = build(desired.v6);
+    const newNodes: { index: number; buf: Buffer }[] = [];
+    const indexOf = (k: string): number => {
+      const s = this.nodes.get(k);
+      if (!s) throw new Error(`trie node ${k} used before it was allocated`);
+      return s.index;
+    };
+    const seen = new Set<string>();
+    for (const t of [t4, t6]) {
+      for (const spec of t.nodes) {
+        if (seen.has(spec.key)) continue;
+        seen.add(spec.key);
+        let slot = this.nodes.get(spec.key);
+        if (!slot) {
+          slot = { index: this.nodeAlloc.alloc(), refs: 0 };
+          this.nodes.set(spec.key, slot);
+          newNodes.push({ index: slot.index, buf: encodeTrieNode(encodeNode(spec, indexOf)) });
+        }
+        slot.refs++;
+        nodeKeys.push(spec.key);
+      }
+    }
+    if (newNodes.length > 0) {
+      // Children were allocated (and are listed) before their parents.
+      this.batchWrite(this.maps.nodes, newNodes);
+      res.nodesWritten += newNodes.length;
+    }
+
+    const old = this.sets.get(key);
+    const id = old ? old.id : this.setAlloc.alloc();
+    const value: SetValue = {
+      root4: t4.rootKey ? indexOf(t4.rootKey) : 0,
+      root6: t6.rootKey ? indexOf(t6.rootKey) : 0,
+      flags: desired.flags,
+      generation: gen,
+    };
+    this.maps.sets.update(u32Key(id), encodeSetValue(value));
+    this.sets.set(key, { id, contentKey, value, nodeKeys, classKeys, failed: false });
+    this.log.debug({ set: id, prefixes4: desired.v4.length, prefixes6: desired.v6.length, nodes: nodeKeys.length, newNodes: newNodes.length }, 'policy set written');
+    return () => {
+      if (old) this.unref(old.nodeKeys, old.classKeys);
+    };
+  }
+
+  private unref(nodeKeys: string[], classKeys: string[]): void {
+    for (const k of nodeKeys) {
+      const s = this.nodes.get(k);
+      if (s && --s.refs === 0) {
+        this.nodes.delete(k);
+        this.nodeAlloc.release(s.index);
+      }
+    }
+    for (const k of classKeys) {
+      const s = this.classes.get(k);
+      if (s && --s.refs === 0) {
+        this.classes.delete(k);
+        this.classAlloc.release(s.index);
+      }
+    }
+  }
+
+  private batchWrite(map: WritableMap, items: { index: number; buf: Buffer }[]): void {
+    const n = items.length;
+    const size = items[0]?.buf.length ?? 0;
+    const keys = Buffer.alloc(n * 4);
+    const values = Buffer.alloc(n * size);
+    items.forEach((it, i) => {
+      keys.writeUInt32LE(it.index, i * 4);
+      it.buf.copy(values, i * size);
+    });
+    map.updateBatch(keys, values, n);
+  }
+
+  // ---- read side ----------------------------------------------------------
+
+  endpoints(): EndpointInfo[] {
+    const out: EndpointInfo[] = [];
+    for (const [cg, p] of this.pods) {
+      if (!p.binding) continue;
+      out.push({
+        endpointId: p.value.endpointId,
+        uid: p.binding.uid,
+        namespace: p.binding.namespace,
+        name: p.binding.name,
+        setKey: p.binding.setKey,
+        cgroupId: BigInt(cg),
+      });
+    }
+    return out;
+  }
+
+  setIdOf(key: string): number | undefined {
+    return this.sets.get(key)?.id;
+  }
+
+  setKeyOfId(id: number): string | undefined {
+    for (const [k, s] of this.sets) if (s.id === id) return k;
+    return undefined;
+  }
+
+  usage(): Record<string, { used: number; capacity: number }> {
+    return {
+      weir_pods: { used: this.pods.size, capacity: this.maps.pods.maxEntries },
+      weir_sets: { used: this.setAlloc.inUse, capacity: this.maps.sets.maxEntries - 1 },
+      weir_nodes: { used: this.nodeAlloc.inUse, capacity: this.maps.nodes.maxEntries - 1 },
+      weir_classes: { used: this.classAlloc.inUse, capacity: this.maps.classes.maxEntries - 1 },
+      endpoints: { used: this.endpointAlloc.inUse, capacity: this.endpointAlloc.capacity },
+    };
+  }
+
+  /** Reads a class back (tests, status). */
+  readClass(id: number): ReturnType<typeof decodePortClass> | null {
+    const raw = this.maps.classes.lookup(u32Key(id));
+    return raw ? decodePortClass(raw) : null;
+  }
+}
+
+export { CapacityError, classKey };

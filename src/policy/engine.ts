@@ -1,0 +1,209 @@
+// The policy engine: from the model (namespaces, pods, policies) to the
+// desired datapath state of one node, and explanations of single verdicts.
+// Pure: it reads the model through PolicyInputs and never touches the kernel.
+import type {
+  ClusterEgressPolicy,
+  EgressPolicy,
+  Namespace,
+  NetworkPolicy,
+  Pod,
+} from '../model/types.js';
+import {
+  BIT_A_ALLOW,
+  BIT_A_DENY,
+  BIT_E_ALLOW,
+  BIT_E_DENY,
+  CompileError,
+  PORT_RANGES_MAX,
+  classBits,
+  entries as compileEntries,
+  flatten,
+  lookupFlat,
+  podIPs,
+  setFlags,
+  type Entry,
+  type FlatPrefix,
+  type PeerDirectory,
+  type PortRange,
+} from './compile.js';
+import {
+  describeRule,
+  normalizeClusterEgressPolicy,
+  normalizeEgressPolicy,
+  normalizeNetworkPolicy,
+  type Policy,
+} from './normalize.js';
+import { addressBytes, prefixContains, hostPrefix } from './prefix.js';
+import { decide, type Decision } from './verdict.js';
+
+export interface PolicyInputs {
+  namespaces(): Iterable<Namespace>;
+  pods(): Iterable<Pod>;
+  networkPolicies(): Iterable<NetworkPolicy>;
+  egressPolicies(): Iterable<EgressPolicy>;
+  clusterEgressPolicies(): Iterable<ClusterEgressPolicy>;
+}
+
+export interface DesiredPod {
+  uid: string;
+  namespace: string;
+  name: string;
+  pod: Pod;
+  setKey: string;
+}
+
+export interface DesiredSet {
+  /** The ids of the selecting policies, sorted and joined: pods with the same key share the set. */
+  key: string;
+  policies: Policy[];
+  flags: number;
+  entries: Entry[];
+  v4: FlatPrefix[];
+  v6: FlatPrefix[];
+  /** Set when the set could not be compiled; the datapath keeps the last good version. */
+  error?: string;
+}
+
+export interface PolicyProblem {
+  policyId: string;
+  message: string;
+}
+
+export interface DesiredState {
+  pods: DesiredPod[];
+  sets: Map<string, DesiredSet>;
+  policies: Policy[];
+  problems: PolicyProblem[];
+}
+
+export interface Match {
+  policyId: string;
+  rule: string; // e.g. "EgressPolicy/ml/train-data egress[0]"
+  kind: 'allow' | 'deny';
+  mode: 'Enforce' | 'Audit';
+}
+
+export interface Explanation extends Decision {
+  selectedBy: string[];
+  bits: number;
+  matches: Match[];
+}
+
+/** Pods weir can govern and use as peers: running, with IPs, not on the host network. */
+function isLivePod(p: Pod): boolean {
+  const phase = p.status?.phase;
+  return phase !== 'Succeeded' && phase !== 'Failed' && !p.spec.hostNetwork;
+}
+
+export class PolicyEngine {
+  constructor(private readonly nodeName: string | null) {}
+
+  compute(inputs: PolicyInputs): DesiredState {
+    const nsLabels = new Map<string, Record<string, string> | undefined>();
+    for (const ns of inputs.namespaces()) nsLabels.set(ns.metadata.name, ns.metadata.labels);
+
+    const problems: PolicyProblem[] = [];
+    const policies: Policy[] = [];
+    const normalize = <T extends { kind: string; metadata: { name: string; namespace?: string } }>(
+      objs: Iterable<T>,
+      fn: (o: T) => Policy,
+    ): void => {
+      for (const o of objs) {
+        try {
+          policies.push(fn(o));
+        } catch (err) {
+          problems.push({
+            policyId: `${o.kind}/${o.metadata.namespace ?? ''}/${o.metadata.name}`,
+            message: (err as Error).message,
+          });
+        }
+      }
+    };
+    normalize(inputs.networkPolicies(), normalizeNetworkPolicy);
+    normalize(inputs.egressPolicies(), normalizeEgressPolicy);
+    normalize(inputs.clusterEgressPolicies(), normalizeClusterEgressPolicy);
+    policies.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+
+    const allPods = [...inputs.pods()].filter(isLivePod);
+    const peers = allPods.filter((p) => podIPs(p).length > 0);
+    const dir: PeerDirectory = {
+      peerPods: () => peers,
+      namespaceLabels: (n) => nsLabels.get(n),
+    };
+
+    const pods: DesiredPod[] = [];
+    const sets = new Map<string, DesiredSet>();
+    for (const pod of allPods) {
+      if (this.nodeName !== null && pod.spec.nodeName !== this.nodeName) continue;
+      const uid = pod.metadata.uid;
+      if (!uid) continue;
+      const selecting = policies.filter((p) => p.selects(pod, nsLabels.get(pod.metadata.namespace)));
+      // Policies that do not isolate egress (NetworkPolicy with only
+      // Ingress) play no part in egress and must not split sets.
+      const egress = selecting.filter((p) => p.isolatesEgress);
+      const key = egress.map((p) => p.id).join('\n');
+      if (!sets.has(key)) sets.set(key, compileSet(key, egress, dir));
+      pods.push({ uid, namespace: pod.metadata.namespace, name: pod.metadata.name, pod, setKey: key });
+    }
+    return { pods, sets, policies, problems };
+  }
+
+  /** Why does pod P get this verdict for dst:port/proto? */
+  explain(state: DesiredState, pod: DesiredPod, dst: string, proto: number, port: number | null): Explanation {
+    const set = state.sets.get(pod.setKey);
+    if (!set) return { verdict: 'drop', reason: 'no-policy-set', selectedBy: [], bits: 0, matches: [] };
+    const { family, bytes } = addressBytes(dst);
+    const flat = family === 4 ? set.v4 : set.v6;
+    const bits = set.flags === 1 ? 0 : classBits(lookupFlat(flat, family, bytes), proto, port);
+    const d = decide(set.flags, bits);
+    const hp = hostPrefix(dst);
+    const matches: Match[] = [];
+    const seen = new Set<string>();
+    for (const e of set.entries) {
+      if (!prefixContains(e.prefix, hp) || e.except.some((x) => prefixContains(x, hp))) continue;
+      if (!portsMatch(e.ports, proto, port)) continue;
+      const rule = describeRule(e.policy, e.rule);
+      if (seen.has(rule)) continue;
+      seen.add(rule);
+      matches.push({ policyId: e.policy.id, rule, kind: e.rule.kind, mode: e.policy.mode });
+    }
+    return { ...d, selectedBy: set.policies.map((p) => p.id), bits, matches };
+  }
+}
+
+function portsMatch(ports: PortRange[] | null, proto: number, port: number | null): boolean {
+  if (ports === null) return true;
+  if (port === null) return false;
+  return ports.some((r) => r.proto === proto && r.lo <= port && port <= r.hi);
+}
+
+function compileSet(key: string, policies: Policy[], dir: PeerDirectory): DesiredSet {
+  const flags = setFlags(policies);
+  try {
+    const es = compileEntries(policies, dir);
+    const v4 = flatten(es, 4);
+    const v6 = flatten(es, 6);
+    for (const f of [...v4, ...v6]) {
+      if (f.cls.ranges.length > PORT_RANGES_MAX) {
+        throw new CompileError(
+          `more than ${PORT_RANGES_MAX} distinct port ranges apply to one destination range; ` +
+            `merge port rules or split the policies`,
+          policies.map((p) => p.id),
+        );
+      }
+    }
+    return { key, policies, flags, entries: es, v4, v6 };
+  } catch (err) {
+    return { key, policies, flags, entries: [], v4: [], v6: [], error: (err as Error).message };
+  }
+}
+
+/** Names of the bits, for logs and explain output. */
+export function describeBits(bits: number): string[] {
+  const out: string[] = [];
+  if (bits & BIT_E_DENY) out.push('deny');
+  if (bits & BIT_E_ALLOW) out.push('allow');
+  if (bits & BIT_A_DENY) out.push('audit-deny');
+  if (bits & BIT_A_ALLOW) out.push('audit-allow');
+  return out;
+}

@@ -1,0 +1,160 @@
+import { describe, expect, it } from 'vitest';
+import fc from 'fast-check';
+import {
+  BIT_E_ALLOW,
+  BIT_E_DENY,
+  classBits,
+  flatten,
+  lookupFlat,
+  mergeClass,
+  type Entry,
+} from '../../src/policy/compile.js';
+import type { Policy, Rule } from '../../src/policy/normalize.js';
+import { addressBytes, parsePrefix, prefixContains, hostPrefix, type Prefix } from '../../src/policy/prefix.js';
+import { buildTrie, encodeNode, walkEncoded } from '../../src/datapath/trie.js';
+
+const policy: Policy = {
+  id: 'EgressPolicy/t/p',
+  kind: 'EgressPolicy',
+  namespace: 't',
+  name: 'p',
+  mode: 'Enforce',
+  isolatesEgress: true,
+  selects: () => true,
+  rules: [],
+};
+const rule: Rule = { kind: 'allow', index: 0, peers: null, ports: null };
+
+function entry(cidr: string, bits: number, ports: Entry['ports'], except: string[] = []): Entry {
+  return { prefix: parsePrefix(cidr), except: except.map(parsePrefix), bits, ports, policy, rule };
+}
+
+/** The obvious evaluation: OR the bits of every entry that covers the address and port. */
+function directBits(es: Entry[], ip: string, proto: number, port: number | null): number {
+  const hp = hostPrefix(ip);
+  let bits = 0;
+  for (const e of es) {
+    if (!prefixContains(e.prefix, hp) || e.except.some((x) => prefixContains(x, hp))) continue;
+    if (e.ports === null) bits |= e.bits;
+    else if (port !== null && e.ports.some((r) => r.proto === proto && r.lo <= port && port <= r.hi)) bits |= e.bits;
+  }
+  return bits;
+}
+
+function trieBits(es: Entry[], ip: string, proto: number, port: number | null): number {
+  const { family, bytes } = addressBytes(ip);
+  const flat = flatten(es, family);
+  const ids = new Map<string, number>();
+  const classes = new Map<number, ReturnType<typeof mergeClass>>();
+  for (const f of flat) {
+    if (!ids.has(f.key)) {
+      ids.set(f.key, ids.size + 1);
+      classes.set(ids.size, f.cls);
+    }
+  }
+  const t = buildTrie(flat.map((f) => ({ prefix: f.prefix, classId: ids.get(f.key) ?? 0 })));
+  const index = new Map<string, number>();
+  const store = new Map<number, Uint32Array>();
+  for (const n of t.nodes) {
+    index.set(n.key, index.size + 1);
+    store.set(index.size, encodeNode(n, (k) => index.get(k) ?? 0));
+  }
+  const root = t.rootKey ? (index.get(t.rootKey) ?? 0) : 0;
+  const cls = walkEncoded(root, bytes, (i) => store.get(i));
+  const c = classes.get(cls);
+  return c ? classBits(c, proto, port) : 0;
+}
+
+describe('mergeClass', () => {
+  it('merges overlapping port ranges into disjoint ranges with OR-ed bits', () => {
+    const c = mergeClass([
+      entry('10.0.0.0/8', BIT_E_ALLOW, [{ proto: 6, lo: 80, hi: 90 }]),
+      entry('10.0.0.0/8', BIT_E_DENY, [{ proto: 6, lo: 85, hi: 100 }]),
+    ]);
+    expect(c.anyBits).toBe(0);
+    expect(c.ranges).toEqual([
+      { proto: 6, lo: 80, hi: 84, bits: BIT_E_ALLOW },
+      { proto: 6, lo: 85, hi: 90, bits: BIT_E_ALLOW | BIT_E_DENY },
+      { proto: 6, lo: 91, hi: 100, bits: BIT_E_DENY },
+    ]);
+  });
+
+  it('drops port ranges that add nothing to the port-less bits', () => {
+    const c = mergeClass([entry('0.0.0.0/0', BIT_E_ALLOW, null), entry('0.0.0.0/0', BIT_E_ALLOW, [{ proto: 17, lo: 53, hi: 53 }])]);
+    expect(c).toEqual({ anyBits: BIT_E_ALLOW, ranges: [] });
+  });
+});
+
+describe('flatten + trie', () => {
+  it('an except carves a hole that a longer allow inside it can refill', () => {
+    const es = [
+      entry('10.0.0.0/8', BIT_E_ALLOW, null, ['10.20.0.0/16']),
+      entry('10.20.9.0/24', BIT_E_ALLOW, [{ proto: 6, lo: 443, hi: 443 }]),
+    ];
+    expect(trieBits(es, '10.1.2.3', 6, 1)).toBe(BIT_E_ALLOW);
+    expect(trieBits(es, '10.20.1.1', 6, 443)).toBe(0);
+    expect(trieBits(es, '10.20.9.7', 6, 443)).toBe(BIT_E_ALLOW);
+    expect(trieBits(es, '10.20.9.7', 6, 80)).toBe(0);
+    expect(trieBits(es, '11.0.0.1', 6, 443)).toBe(0);
+  });
+
+  it('IPv6 prefixes of every length resolve like the direct evaluation', () => {
+    const es = [
+      entry('2001:db8::/32', BIT_E_ALLOW, null, ['2001:db8:0:1::/64']),
+      entry('2001:db8:0:1::5/128', BIT_E_DENY, null),
+      entry('::/0', BIT_E_DENY, [{ proto: 17, lo: 53, hi: 53 }]),
+    ];
+    for (const ip of ['2001:db8::1', '2001:db8:0:1::1', '2001:db8:0:1::5', 'fd00::1']) {
+      for (const port of [53, 80]) expect(trieBits(es, ip, 17, port), `${ip}:${port}`).toBe(directBits(es, ip, 17, port));
+    }
+  });
+
+  it('property: trie lookup equals the direct evaluation for random IPv4 rules', () => {
+    const octet = fc.integer({ min: 0, max: 3 }); // small space so rules overlap
+    const ipArb = fc.tuple(fc.constantFrom(10, 11), octet, octet, octet).map((p) => p.join('.'));
+    const prefixArb = fc.tuple(ipArb, fc.integer({ min: 0, max: 32 })).map(([ip, len]) => {
+      const p: Prefix = parsePrefix(`${ip}/${len}`);
+      return p;
+    });
+    const portsArb = fc.option(
+      fc.array(
+        fc.tuple(fc.constantFrom(6, 17, 132), fc.integer({ min: 1, max: 40 }), fc.integer({ min: 0, max: 10 })).map(([proto, lo, w]) => ({ proto, lo, hi: lo + w })),
+        { minLength: 1, maxLength: 3 },
+      ),
+      { nil: null },
+    );
+    const entryArb = fc.tuple(prefixArb, fc.constantFrom(1, 2, 4, 8), portsArb, fc.array(fc.integer({ min: 1, max: 8 }), { maxLength: 2 })).map(
+      ([prefix, bits, ports, exceptExtra]) => {
+        // Excepts strictly inside the CIDR, as validation guarantees.
+        const except = exceptExtra
+          .map((extra) => Math.min(32, prefix.len + extra))
+          .filter((len) => len > prefix.len)
+          .map((len) => ({ family: 4 as const, bytes: Uint8Array.from(prefix.bytes), len }));
+        const e: Entry = { prefix, except, bits, ports, policy, rule };
+        return e;
+      },
+    );
+    fc.assert(
+      fc.property(fc.array(entryArb, { minLength: 1, maxLength: 12 }), ipArb, fc.constantFrom(6, 17, 132, 1), fc.integer({ min: 0, max: 55 }), (es, ip, proto, port) => {
+        const p = proto === 1 ? null : port;
+        expect(trieBits(es, ip, proto, p)).toBe(directBits(es, ip, proto, p));
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
+  it('identical subtrees are stored once (hash-consing)', () => {
+    const es = [entry('10.1.2.3/32', BIT_E_ALLOW, null), entry('10.1.3.3/32', BIT_E_ALLOW, null)];
+    const flat = flatten(es, 4);
+    const t = buildTrie(flat.map((f) => ({ prefix: f.prefix, classId: 1 })));
+    // root, 10., 10.1., and one shared last-level node for both /24s.
+    expect(t.nodes.length).toBe(4);
+  });
+
+  it('lookupFlat mirrors the trie for the explainer', () => {
+    const es = [entry('10.0.0.0/8', BIT_E_ALLOW, null, ['10.9.0.0/16'])];
+    const flat = flatten(es, 4);
+    expect(lookupFlat(flat, 4, addressBytes('10.1.1.1').bytes).anyBits).toBe(BIT_E_ALLOW);
+    expect(lookupFlat(flat, 4, addressBytes('10.9.1.1').bytes).anyBits).toBe(0);
+  });
+});
