@@ -89,6 +89,8 @@ export interface Explanation extends Decision {
   matches: Match[];
 }
 
+const NAMESPACE_NAME_LABEL = 'kubernetes.io/metadata.name';
+
 /** Pods weir can govern and use as peers: running, with IPs, not on the host network. */
 function isLivePod(p: Pod): boolean {
   const phase = p.status?.phase;
@@ -99,8 +101,12 @@ export class PolicyEngine {
   constructor(private readonly nodeName: string | null) {}
 
   compute(inputs: PolicyInputs): DesiredState {
+    // The API server gives every namespace the kubernetes.io/metadata.name
+    // label; namespaces only known through their pods get it too.
     const nsLabels = new Map<string, Record<string, string> | undefined>();
-    for (const ns of inputs.namespaces()) nsLabels.set(ns.metadata.name, ns.metadata.labels);
+    for (const ns of inputs.namespaces()) {
+      nsLabels.set(ns.metadata.name, { ...ns.metadata.labels, [NAMESPACE_NAME_LABEL]: ns.metadata.name });
+    }
 
     const problems: PolicyProblem[] = [];
     const policies: Policy[] = [];
@@ -125,6 +131,10 @@ export class PolicyEngine {
     policies.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
 
     const allPods = [...inputs.pods()].filter(isLivePod);
+    for (const p of allPods) {
+      const n = p.metadata.namespace;
+      if (!nsLabels.has(n)) nsLabels.set(n, { [NAMESPACE_NAME_LABEL]: n });
+    }
     const peers = allPods.filter((p) => podIPs(p).length > 0);
     const dir: PeerDirectory = {
       peerPods: () => peers,

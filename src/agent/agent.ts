@@ -1,0 +1,435 @@
+// The node agent: sources feed the object store; every change recompiles
+// the policy and writes the difference to the datapath; violation events
+// from the kernel are enriched with pod, workload, domain, policy and rule
+// and reported (log line, metrics).
+import { createServer, type Server } from 'node:http';
+import type { Logger } from 'pino';
+import { Registry } from 'prom-client';
+import { ObjectStore } from '../model/store.js';
+import type { Pod } from '../model/types.js';
+import { ManifestSource } from '../sources/manifests.js';
+import type { Source } from '../sources/source.js';
+import { PolicyEngine, type DesiredPod, type DesiredState } from '../policy/engine.js';
+import { bytesToAddress, type Family } from '../policy/prefix.js';
+import { REASON_BY_CODE, VERDICT_BY_CODE } from '../policy/verdict.js';
+import { HOOK_NAMES, type RawEvent } from '../datapath/abi.js';
+import { Datapath, type AttachResult, type Capacities, type EndpointCounters } from '../datapath/datapath.js';
+import type { ApplyResult, PodBinding } from '../datapath/state-writer.js';
+import { cgroupIdOf, findPodCgroup, findPodsRoot, type PodsRoot } from '../datapath/cgroups.js';
+import { AgentMetrics, type KernelCountSample } from '../report/metrics.js';
+import { domainOf, workloadOf } from '../report/workload.js';
+
+export const VERSION = '0.1.0';
+
+export interface AgentOptions {
+  manifests: string;
+  nodeName: string | null;
+  cgroupRoot: string;
+  bpffs: string;
+  pinDir?: string;
+  metricsAddr: string | null;
+  objectsDir?: string;
+  capacities?: Partial<Capacities>;
+  eventIntervalMs?: number;
+  /** How long to wait for the kubelet's pods cgroup to appear at start. */
+  podsRootWaitMs?: number;
+}
+
+export interface Violation {
+  time: string;
+  verdict: string;
+  reason: string;
+  namespace: string;
+  pod: string;
+  workload: string;
+  domain: string;
+  policy: string;
+  rule: string;
+  protocol: string;
+  destination: string;
+  port: number | null;
+  source: string;
+  pid: number;
+  command: string;
+  count: number;
+  hook: string;
+  generation: number;
+}
+
+const PROTO_NAMES: Record<number, string> = { 1: 'ICMP', 6: 'TCP', 17: 'UDP', 58: 'ICMPv6', 132: 'SCTP' };
+const PORTED = new Set([6, 17, 132]);
+
+interface EndpointLabels {
+  pod: Pod;
+  namespace: string;
+  name: string;
+  workload: string;
+  domain: string;
+  setKey: string;
+}
+
+export class Agent {
+  readonly registry = new Registry();
+  readonly store: ObjectStore;
+  readonly metrics: AgentMetrics;
+  private readonly engine: PolicyEngine;
+  private readonly log: Logger;
+  private source: Source | null = null;
+  private server: Server | null = null;
+  private state: DesiredState | null = null;
+  private endpoints = new Map<number, EndpointLabels>();
+  private pendingCgroups = new Set<string>();
+  private retryTimer: NodeJS.Timeout | null = null;
+  private scheduled: NodeJS.Immediate | null = null;
+  private applying: Promise<ApplyResult | null> = Promise.resolve(null);
+  private readonly violationListeners = new Set<(v: Violation) => void>();
+  private attached: AttachResult[] = [];
+  private stopped = false;
+  private synced = false;
+
+  private constructor(
+    private readonly opts: AgentOptions,
+    logger: Logger,
+    readonly datapath: Datapath,
+    readonly podsRoot: PodsRoot,
+  ) {
+    this.log = logger.child({ component: 'agent' });
+    this.store = new ObjectStore({ logger: logger.child({ component: 'store' }) });
+    this.engine = new PolicyEngine(opts.nodeName);
+    this.metrics = new AgentMetrics(
+      this.registry,
+      {
+        kernelCounts: () => this.kernelCounts(),
+        kernelStats: () => this.datapath.stats(),
+        mapUsage: () => this.datapath.writer.usage(),
+      },
+      { version: VERSION, node: opts.nodeName ?? '' },
+    );
+  }
+
+  static async start(opts: AgentOptions, logger: Logger): Promise<Agent> {
+    const log = logger.child({ component: 'agent' });
+    const podsRoot = await waitForPodsRoot(opts.cgroupRoot, opts.podsRootWaitMs ?? 30_000, log);
+    const dpOpts: Parameters<typeof Datapath.open>[0] = {
+      bpffs: opts.bpffs,
+      podLevel: podsRoot.level,
+      logger: logger.child({ component: 'datapath' }),
+    };
+    if (opts.pinDir !== undefined) dpOpts.pinDir = opts.pinDir;
+    if (opts.objectsDir !== undefined) dpOpts.objectsDir = opts.objectsDir;
+    if (opts.capacities !== undefined) dpOpts.capacities = opts.capacities;
+    if (opts.eventIntervalMs !== undefined) dpOpts.eventIntervalMs = opts.eventIntervalMs;
+    const datapath = await Datapath.open(dpOpts);
+    const agent = new Agent(opts, logger, datapath, podsRoot);
+    try {
+      await agent.run(logger);
+    } catch (err) {
+      await agent.stop();
+      throw err;
+    }
+    return agent;
+  }
+
+  private async run(logger: Logger): Promise<void> {
+    const a = this.datapath.adopted;
+    if (a.pods + a.sets > 0) this.log.info({ adopted: a }, 'adopted pinned datapath state from a previous agent');
+    this.attached = this.datapath.attach(this.podsRoot.dir, cgroupIdOf(this.podsRoot.dir));
+    this.log.info(
+      { podsRoot: this.podsRoot.dir, driver: this.podsRoot.driver, level: this.podsRoot.level, programs: this.attached },
+      'datapath attached to the pods cgroup root',
+    );
+    this.datapath.onEndpointRetired = (ep, final) => this.retireEndpoint(ep, final);
+    this.datapath.startEvents(
+      (events) => this.onEvents(events),
+      (type) => this.metrics.unknownRecords.inc({ type: String(type) }),
+    );
+    if (this.opts.metricsAddr) await this.listen(this.opts.metricsAddr);
+
+    this.store.onChange(() => this.schedule());
+    this.source = new ManifestSource({
+      dir: this.opts.manifests,
+      store: this.store,
+      logger: logger.child({ component: 'manifests' }),
+      onError: () => this.metrics.syncErrors.inc({ kind: 'manifest' }),
+    });
+    await this.source.start();
+    this.synced = true;
+    await this.reconcile();
+    this.log.info({ generation: this.datapath.writer.generation, pods: this.endpoints.size }, 'agent ready');
+  }
+
+  get ready(): boolean {
+    return this.synced && !this.stopped && this.attached.length > 0;
+  }
+
+  onViolation(cb: (v: Violation) => void): () => void {
+    this.violationListeners.add(cb);
+    return () => this.violationListeners.delete(cb);
+  }
+
+  private schedule(): void {
+    if (this.stopped || !this.synced || this.scheduled) return;
+    // Coalesce a burst of changes (a manifest file with many objects) into one apply.
+    this.scheduled = setImmediate(() => {
+      this.scheduled = null;
+      void this.reconcile();
+    });
+  }
+
+  /** Recompiles and writes the difference. Serialized: one apply at a time. */
+  reconcile(): Promise<ApplyResult | null> {
+    this.applying = this.applying.then(() => this.applyOnce()).catch((err: unknown) => {
+      this.metrics.syncErrors.inc({ kind: 'datapath' });
+      this.log.error({ err }, 'writing policy to the datapath failed; the previous policy stays in force');
+      return null;
+    });
+    return this.applying;
+  }
+
+  private applyOnce(): ApplyResult | null {
+    if (this.stopped) return null;
+    const started = process.hrtime.bigint();
+    const state = this.engine.compute(this.store);
+    for (const p of state.problems) {
+      this.metrics.syncErrors.inc({ kind: 'compile' });
+      this.log.error({ policy: p.policyId, error: p.message }, 'policy could not be compiled; it is ignored');
+    }
+    const bindings: PodBinding[] = [];
+    const pending = new Set<string>();
+    for (const dp of state.pods) {
+      const dir = findPodCgroup(this.podsRoot, dp.uid, dp.pod.status?.qosClass);
+      if (!dir) {
+        pending.add(dp.uid);
+        continue;
+      }
+      bindings.push({ uid: dp.uid, namespace: dp.namespace, name: dp.name, cgroupId: cgroupIdOf(dir), setKey: dp.setKey });
+    }
+    this.updatePending(pending, state.pods);
+    const res = this.datapath.writer.apply(state, bindings);
+    this.state = state;
+    for (const f of res.failedSets) {
+      this.metrics.syncErrors.inc({ kind: 'compile' });
+      this.log.error({ policies: f.key.split('\n'), error: f.error }, 'policy set could not be compiled; its last good version stays in force');
+    }
+    const byUid = new Map(state.pods.map((p) => [p.uid, p]));
+    const eps = new Map<number, EndpointLabels>();
+    for (const e of this.datapath.writer.endpoints()) {
+      const dp = byUid.get(e.uid);
+      if (!dp) continue;
+      eps.set(e.endpointId, { pod: dp.pod, namespace: e.namespace, name: e.name, workload: workloadOf(dp.pod), domain: domainOf(dp.pod), setKey: e.setKey });
+    }
+    this.endpoints = eps;
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    this.metrics.compileDuration.observe(seconds);
+    this.metrics.policyGeneration.set(res.generation);
+    this.metrics.workloadsKnown.set(eps.size);
+    this.metrics.mapWrites.inc({ what: 'sets' }, res.setsWritten);
+    this.metrics.mapWrites.inc({ what: 'nodes' }, res.nodesWritten);
+    this.metrics.mapWrites.inc({ what: 'classes' }, res.classesWritten);
+    this.metrics.mapWrites.inc({ what: 'pods' }, res.podsWritten + res.podsRemoved);
+    if (res.setsWritten + res.setsRemoved + res.podsWritten + res.podsRemoved > 0) {
+      this.log.info(
+        {
+          generation: res.generation,
+          sets: res.setsWritten,
+          setsRemoved: res.setsRemoved,
+          nodes: res.nodesWritten,
+          classes: res.classesWritten,
+          pods: res.podsWritten,
+          podsRemoved: res.podsRemoved,
+          ms: Math.round(seconds * 1000 * 100) / 100,
+        },
+        'policy applied',
+      );
+    }
+    return res;
+  }
+
+  private updatePending(pending: Set<string>, pods: DesiredPod[]): void {
+    for (const uid of pending) {
+      if (!this.pendingCgroups.has(uid)) {
+        const p = pods.find((x) => x.uid === uid);
+        this.log.warn({ namespace: p?.namespace, pod: p?.name, uid }, 'pod cgroup not found yet; will retry');
+      }
+      this.metrics.cgroupRetries.inc();
+    }
+    this.pendingCgroups = pending;
+    this.metrics.podsPendingCgroup.set(pending.size);
+    if (pending.size > 0 && !this.retryTimer && !this.stopped) {
+      this.retryTimer = setTimeout(() => {
+        this.retryTimer = null;
+        void this.reconcile();
+      }, 500);
+    }
+  }
+
+  private onEvents(events: RawEvent[]): void {
+    for (const e of events) {
+      const v = this.enrich(e);
+      if (!v) continue;
+      this.metrics.violations.inc(
+        { namespace: v.namespace, workload: v.workload, domain: v.domain, verdict: v.verdict, reason: v.reason, policy: v.policy },
+        v.count,
+      );
+      const line = { event: 'violation', ...v };
+      if (v.verdict === 'drop') this.log.warn(line, 'egress denied');
+      else if (v.verdict === 'audit') this.log.warn(line, 'egress would be denied (audit)');
+      else this.log.info(line, 'egress verdict');
+      for (const cb of this.violationListeners) cb(v);
+    }
+  }
+
+  private enrich(e: RawEvent): Violation | null {
+    const ep = this.endpoints.get(e.endpointId);
+    const family: Family = e.family === 10 ? 6 : 4;
+    const destination = bytesToAddress(family, e.dst);
+    const verdict = VERDICT_BY_CODE.get(e.verdict) ?? `unknown(${e.verdict})`;
+    const reason = REASON_BY_CODE.get(e.reason) ?? `unknown(${e.reason})`;
+    let policy = '';
+    let rule = '';
+    if (ep && this.state) {
+      const dp = this.state.pods.find((p) => p.pod === ep.pod);
+      if (dp) {
+        const x = this.engine.explain(this.state, dp, destination, e.proto, PORTED.has(e.proto) ? e.dport : null);
+        const pick = (kind: 'allow' | 'deny', mode: 'Enforce' | 'Audit'): string[] =>
+          x.matches.filter((m) => m.kind === kind && m.mode === mode).map((m) => m.rule);
+        const selected = (mode: 'Enforce' | 'Audit'): string[] =>
+          x.selectedBy.filter((id) => this.state?.policies.find((p) => p.id === id)?.mode === mode);
+        let rules: string[] = [];
+        if (reason === 'deny-rule') rules = pick('deny', 'Enforce');
+        else if (reason === 'audit-deny-rule') rules = pick('deny', 'Audit');
+        if (rules.length > 0) {
+          policy = rules.map((r) => r.split(' ')[0]).join(',');
+          rule = rules.join(',');
+        } else if (reason === 'default-deny' || reason === 'audit-default-deny') {
+          policy = selected(reason === 'default-deny' ? 'Enforce' : 'Audit').join(',');
+          rule = 'no allow rule matched';
+        }
+      }
+    }
+    return {
+      time: new Date().toISOString(),
+      verdict,
+      reason,
+      namespace: ep?.namespace ?? '',
+      pod: ep?.name ?? '',
+      workload: ep?.workload ?? '',
+      domain: ep?.domain ?? '',
+      policy,
+      rule,
+      protocol: PROTO_NAMES[e.proto] ?? String(e.proto),
+      destination,
+      port: PORTED.has(e.proto) ? e.dport : null,
+      source: bytesToAddress(family, e.src),
+      pid: e.pid,
+      command: e.comm,
+      count: e.count,
+      hook: HOOK_NAMES[e.hook] ?? String(e.hook),
+      generation: e.generation,
+    };
+  }
+
+  private kernelCounts(): KernelCountSample[] {
+    const out: KernelCountSample[] = [];
+    for (const [id, ep] of this.endpoints) out.push(...samplesOf(ep, this.datapath.counters(id)));
+    return out;
+  }
+
+  private retireEndpoint(endpointId: number, final: EndpointCounters): void {
+    const ep = this.endpoints.get(endpointId);
+    if (ep) this.metrics.retire(samplesOf(ep, final));
+  }
+
+  private async listen(addr: string): Promise<void> {
+    const { host, port } = parseHostPort(addr);
+    const server = createServer((req, res) => {
+      if (req.url === '/metrics') {
+        this.registry
+          .metrics()
+          .then((body) => {
+            res.writeHead(200, { 'content-type': this.registry.contentType });
+            res.end(body);
+          })
+          .catch((err: unknown) => {
+            res.writeHead(500);
+            res.end(String(err));
+          });
+      } else if (req.url === '/healthz') {
+        res.writeHead(this.stopped ? 503 : 200);
+        res.end(this.stopped ? 'stopping\n' : 'ok\n');
+      } else if (req.url === '/readyz') {
+        res.writeHead(this.ready ? 200 : 503);
+        res.end(this.ready ? 'ready\n' : 'not ready\n');
+      } else {
+        res.writeHead(404);
+        res.end('not found\n');
+      }
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => resolve());
+    });
+    this.server = server;
+    const a = server.address();
+    this.log.info({ address: typeof a === 'object' && a ? `${a.address}:${a.port}` : addr }, 'metrics listening');
+  }
+
+  metricsPort(): number | null {
+    const a = this.server?.address();
+    return typeof a === 'object' && a ? a.port : null;
+  }
+
+  /** Stops reading and reporting. Pinned programs and maps keep enforcing. */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    if (this.scheduled) clearImmediate(this.scheduled);
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    await this.applying;
+    await this.source?.stop();
+    if (this.server) await new Promise<void>((r) => this.server?.close(() => r()));
+    this.datapath.drainEvents();
+    this.datapath.close();
+    this.log.info('agent stopped; pinned programs keep enforcing the last policy');
+  }
+}
+
+function samplesOf(ep: EndpointLabels, c: EndpointCounters): KernelCountSample[] {
+  const out: KernelCountSample[] = [];
+  const base = { namespace: ep.namespace, workload: ep.workload, domain: ep.domain };
+  for (const [verdict, v] of Object.entries(c.packets)) {
+    if (v.packets > 0n) out.push({ ...base, kind: 'packet', verdict, packets: v.packets, bytes: v.bytes });
+  }
+  for (const [verdict, v] of Object.entries(c.sockets)) {
+    if (v.packets > 0n) out.push({ ...base, kind: 'socket', verdict, packets: v.packets, bytes: 0n });
+  }
+  return out;
+}
+
+export function parseHostPort(addr: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(addr);
+  if (!m) throw new Error(`invalid address ${JSON.stringify(addr)}: expected HOST:PORT (e.g. 0.0.0.0:9464 or [::1]:9464)`);
+  const port = Number(m[3]);
+  if (port > 65535) throw new Error(`invalid port in ${JSON.stringify(addr)}`);
+  return { host: m[1] ?? (m[2] || '0.0.0.0'), port };
+}
+
+async function waitForPodsRoot(cgroupRoot: string, waitMs: number, log: Logger): Promise<PodsRoot> {
+  const deadline = Date.now() + waitMs;
+  let warned = false;
+  for (;;) {
+    const r = findPodsRoot(cgroupRoot);
+    if (r) return r;
+    if (Date.now() >= deadline) {
+      throw new Error(
+        `no kubepods or kubepods.slice directory under ${cgroupRoot}: is the kubelet running here? ` +
+          'Pass --cgroup-root with the cgroup v2 directory that holds it.',
+      );
+    }
+    if (!warned) {
+      log.warn({ cgroupRoot }, 'waiting for the kubelet pods cgroup to appear');
+      warned = true;
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
