@@ -267,6 +267,24 @@ export class Datapath {
     return out;
   }
 
+  /**
+   * Runs a loaded program on a synthetic input with BPF_PROG_TEST_RUN (kernel
+   * tests, benchmarks). For cgroup_skb programs `data` is an Ethernet frame.
+   */
+  testRun(program: string, input: { data: Buffer; ctx?: Buffer; repeat?: number }): { retval: number; durationNs: number } {
+    const spec = PROGRAMS.find((p) => p.program === program);
+    if (!spec) throw new Error(`unknown program ${program}`);
+    const r = this.program(spec).testRun(input);
+    return { retval: r.retval, durationNs: r.durationNs };
+  }
+
+  async testRunAsync(program: string, input: { data: Buffer; ctx?: Buffer; repeat?: number }): Promise<{ retval: number; durationNs: number }> {
+    const spec = PROGRAMS.find((p) => p.program === program);
+    if (!spec) throw new Error(`unknown program ${program}`);
+    const r = await this.program(spec).testRunAsync(input);
+    return { retval: r.retval, durationNs: r.durationNs };
+  }
+
   /** Removes weir from the node: detaches links and deletes every pin. */
   uninstall(): void {
     for (const spec of PROGRAMS) {
