@@ -1,0 +1,704 @@
+// The standalone source (`weir agent --manifests DIR`): a directory of
+// Kubernetes manifests, watched for changes, fed into the ObjectStore.
+//
+// What is read: every `*.yaml`, `*.yml` and `*.json` file under DIR,
+// recursively (symlinks followed, loops cut), several YAML documents per file;
+// a document may be a `List` (or a typed list such as `PodList`) whose
+// `items` are read one by one. Skipped: names starting with '.' (dotfiles,
+// and the `..data` / `..2024_…` entries of a ConfigMap volume, whose visible
+// files are symlinks into them), editor temporaries (`*~`, `#*#`, `*.swp`,
+// `*.tmp`, vim's `4913`) and anything not a regular file.
+//
+// How changes are applied: every watch event (debounced) triggers a full
+// re-scan, and the result is diffed against what this source put into the
+// store: new or changed objects are upserted, objects no longer present are
+// deleted. A full scan is cheap (unchanged files are recognised by content
+// hash and not re-parsed) and it is the only approach that is right for every
+// way a directory can change, including the ConfigMap `..data` symlink swap
+// and DIR itself being a symlink that is swapped. A periodic re-scan
+// (resyncIntervalMs) covers events the kernel may drop (inotify overflow).
+//
+// Last good wins. A manifest error never removes enforcement that was in
+// place:
+// - a file that cannot be read, is over the size limit, or has a YAML/JSON
+//   syntax error keeps every object previously loaded from it;
+// - a document that fails validation keeps the last good version of that
+//   object (matched by kind/namespace/name), and the file's other documents
+//   still load;
+// - a DIR that disappears or cannot be read keeps everything.
+// Every such error is logged (file, document, object, field) and reported
+// through onError once, when it first appears; lastErrors() lists the errors
+// of the latest scan, for `weir status`.
+//
+// Duplicates: an object (kind/namespace/name) defined twice is an error that
+// names both places. The file that already supplied it keeps it, so adding a
+// file can never take over an existing policy; on the first load, or when
+// the owner no longer defines it, the first in path order (then document
+// order) wins.
+//
+// Order of application: upserts go policies first and pods last, deletions
+// pods first and policies last, so a pod never appears in the model before
+// the policies that arrived with it, and a policy is never removed before
+// the pods it governed.
+
+import { createHash } from 'node:crypto';
+import { watch, type FSWatcher } from 'node:fs';
+import { readdir, readFile, realpath, stat } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
+import type { Logger } from 'pino';
+import { Counter, Gauge, type Registry } from 'prom-client';
+import { parseAllDocuments } from 'yaml';
+import type { ObjectStore } from '../model/store.js';
+import type { KubeKind, KubeObject } from '../model/types.js';
+import { objectKey } from '../model/types.js';
+import { describeObject, validateObject, ValidationError } from '../model/validate.js';
+import type { Source } from './source.js';
+
+export const MAX_MANIFEST_FILE_BYTES = 10 * 1024 * 1024;
+
+export type ManifestErrorReason = 'directory' | 'read' | 'too-large' | 'parse' | 'invalid' | 'duplicate';
+
+export interface ManifestError {
+  reason: ManifestErrorReason;
+  /** Path relative to the manifests directory ('' for the directory itself). */
+  file: string;
+  /** 1-based YAML document number, when the error is about one document. */
+  document?: number;
+  /** Zero-based index in a List's items. */
+  item?: number;
+  /** `Kind namespace/name`, when known. */
+  object?: string;
+  /** Field path of the first problem, for validation errors. */
+  field?: string;
+  /** The full message: file, document, object, field, what is wrong. */
+  message: string;
+  /** The validation error, for reason 'invalid'. */
+  validation?: ValidationError;
+}
+
+export interface ScanResult {
+  /** Manifest files read. */
+  files: number;
+  /** Objects this source holds in the store after the scan. */
+  objects: number;
+  upserted: number;
+  deleted: number;
+  /** Objects of kinds weir does not read (Deployments...). */
+  ignored: number;
+  /** Objects kept at their last good version because their source is broken. */
+  retained: number;
+  errors: readonly ManifestError[];
+}
+
+export interface ManifestSourceOptions {
+  dir: string;
+  store: ObjectStore;
+  logger: Logger;
+  /** Called once for each new error (an error still present at the next scan is not reported again). */
+  onError?: (error: ManifestError) => void;
+  /** Called after every scan has been applied to the store. */
+  onScan?: (result: ScanResult) => void;
+  /** Metrics registry; without one no metrics are registered. */
+  registry?: Registry;
+  /** Quiet time after the last watch event before re-scanning (default 100 ms). */
+  debounceMs?: number;
+  /** Longest a burst of events can postpone a re-scan (default 1 s). */
+  maxDelayMs?: number;
+  /** Re-scan this often even without events; 0 disables (default 60 s). */
+  resyncIntervalMs?: number;
+  /** Largest file read (default 10 MiB). */
+  maxFileBytes?: number;
+}
+
+/** Whether a directory entry is skipped: dotfiles/dirs and editor temporaries. */
+export function isIgnoredName(name: string): boolean {
+  return (
+    name.startsWith('.') || // dotfiles, .foo.swp, .#lock, ConfigMap ..data
+    name.endsWith('~') || // emacs/vim backups
+    (name.startsWith('#') && name.endsWith('#')) || // emacs autosave
+    name.endsWith('.swp') ||
+    name.endsWith('.swx') ||
+    name.endsWith('.tmp') ||
+    name === '4913' // vim's "can I write here" probe
+  );
+}
+
+/** Whether a file name is a manifest (by extension, as kubectl decides). */
+export function isManifestName(name: string): boolean {
+  return !isIgnoredName(name) && (name.endsWith('.yaml') || name.endsWith('.yml') || name.endsWith('.json'));
+}
+
+interface Found {
+  key: string;
+  object: KubeObject;
+  file: string;
+  document: number; // zero-based
+  item?: number;
+}
+
+interface FileOutcome {
+  found: Found[];
+  errors: ManifestError[];
+  /** Objects whose documents failed validation: keep their last good version. */
+  keepKeys: Set<string>;
+  /** Part of the file could not be attributed to objects: keep everything it supplied. */
+  keepAll: boolean;
+  ignored: number;
+}
+
+interface CachedFile {
+  hash: string;
+  outcome: FileOutcome;
+}
+
+// Upsert order: what selects and governs first, what is governed last.
+const APPLY_ORDER: readonly KubeKind[] = ['Namespace', 'NetworkPolicy', 'EgressPolicy', 'ClusterEgressPolicy', 'Service', 'EndpointSlice', 'Pod'];
+
+function kindRank(kind: KubeKind): number {
+  return APPLY_ORDER.indexOf(kind);
+}
+
+function errorId(e: ManifestError): string {
+  return `${e.reason}\u0000${e.file}\u0000${e.message}`;
+}
+
+function formatBytes(n: number): string {
+  return n >= 1024 * 1024 ? `${(n / (1024 * 1024)).toFixed(1)} MB` : `${n} bytes`;
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function errnoCode(err: unknown): string | undefined {
+  return err instanceof Error && 'code' in err && typeof err.code === 'string' ? err.code : undefined;
+}
+
+function errMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+export class ManifestSource implements Source {
+  private readonly dir: string;
+  private readonly store: ObjectStore;
+  private readonly log: Logger;
+  private readonly onError: ((error: ManifestError) => void) | undefined;
+  private readonly onScan: ((result: ScanResult) => void) | undefined;
+  private readonly debounceMs: number;
+  private readonly maxDelayMs: number;
+  private readonly resyncIntervalMs: number;
+  private readonly maxFileBytes: number;
+  private readonly metrics: {
+    scans: Counter<'result'>;
+    watchRestarts: Counter;
+    errors: Gauge;
+    objects: Gauge;
+  } | undefined;
+
+  /** What this source has put into the store, by objectKey. */
+  private owned = new Map<string, Found>();
+  private cache = new Map<string, CachedFile>();
+  private errors: ManifestError[] = [];
+  private errorIds = new Set<string>();
+  private isSynced = false;
+  private started = false;
+  private stopped = false;
+
+  private watcher: FSWatcher | undefined;
+  private parentWatcher: FSWatcher | undefined;
+  private watchedRoot: { path: string; ino: number; dev: number } | undefined;
+  private watchFailures = 0;
+  private rewatchTimer: NodeJS.Timeout | undefined;
+  private debounceTimer: NodeJS.Timeout | undefined;
+  private firstEventAt = 0;
+  private resyncTimer: NodeJS.Timeout | undefined;
+  private running: Promise<void> | undefined;
+  private again = false;
+
+  constructor(options: ManifestSourceOptions) {
+    this.dir = resolve(options.dir);
+    this.store = options.store;
+    this.log = options.logger.child({ component: 'manifests', dir: this.dir });
+    this.onError = options.onError;
+    this.onScan = options.onScan;
+    this.debounceMs = options.debounceMs ?? 100;
+    this.maxDelayMs = options.maxDelayMs ?? 1000;
+    this.resyncIntervalMs = options.resyncIntervalMs ?? 60_000;
+    this.maxFileBytes = options.maxFileBytes ?? MAX_MANIFEST_FILE_BYTES;
+    if (options.registry !== undefined) {
+      const registers = [options.registry];
+      this.metrics = {
+        scans: new Counter({ name: 'weir_manifests_scans_total', help: 'Scans of the manifests directory, by result', labelNames: ['result'], registers }),
+        watchRestarts: new Counter({ name: 'weir_manifests_watch_restarts_total', help: 'Times the directory watch was re-established', registers }),
+        errors: new Gauge({ name: 'weir_manifests_errors', help: 'Manifest errors found by the latest scan', registers }),
+        objects: new Gauge({ name: 'weir_manifests_objects', help: 'Objects loaded from the manifests directory', registers }),
+      };
+    }
+  }
+
+  get synced(): boolean {
+    return this.isSynced;
+  }
+
+  /** Errors found by the latest scan (empty when every manifest loaded). */
+  lastErrors(): readonly ManifestError[] {
+    return [...this.errors];
+  }
+
+  async start(): Promise<void> {
+    if (this.started) throw new Error('ManifestSource: start() called twice');
+    this.started = true;
+    let st;
+    try {
+      st = await stat(this.dir);
+    } catch (err) {
+      throw new Error(`manifests directory ${this.dir}: ${errnoCode(err) === 'ENOENT' ? 'does not exist' : errMessage(err)}`, { cause: err });
+    }
+    if (!st.isDirectory()) throw new Error(`manifests directory ${this.dir}: not a directory`);
+    // Watch before the first scan, so nothing written during it is missed.
+    this.watchParent();
+    await this.ensureWatch();
+    await this.rescan();
+    if (!this.isSynced) {
+      const first = this.errors[0];
+      await this.stop();
+      throw new Error(`manifests directory ${this.dir}: first load failed: ${first?.message ?? 'unknown error'}`);
+    }
+    if (this.resyncIntervalMs > 0) {
+      this.resyncTimer = setInterval(() => this.trigger('resync'), this.resyncIntervalMs);
+      this.resyncTimer.unref();
+    }
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    clearTimeout(this.debounceTimer);
+    clearTimeout(this.rewatchTimer);
+    clearInterval(this.resyncTimer);
+    this.watcher?.close();
+    this.parentWatcher?.close();
+    this.watcher = undefined;
+    this.parentWatcher = undefined;
+    await this.running;
+  }
+
+  /**
+   * Re-scans now (SIGHUP, tests). Resolves when a scan that started after
+   * this call has been applied.
+   */
+  async rescan(): Promise<void> {
+    if (this.running !== undefined) {
+      this.again = true;
+      await this.running;
+      // The loop below ran the requested scan before settling.
+      return;
+    }
+    this.running = (async () => {
+      try {
+        do {
+          this.again = false;
+          await this.scan();
+        } while (this.again && !this.stopped);
+      } finally {
+        this.running = undefined;
+      }
+    })();
+    await this.running;
+  }
+
+  // -------------------------------------------------------------------------
+  // Watching
+
+  private trigger(why: string): void {
+    if (this.stopped) return;
+    const now = Date.now();
+    if (this.debounceTimer === undefined) this.firstEventAt = now;
+    clearTimeout(this.debounceTimer);
+    // Trailing-edge debounce, but a steady stream of events cannot postpone
+    // the scan beyond maxDelayMs.
+    const wait = Math.max(0, Math.min(this.debounceMs, this.firstEventAt + this.maxDelayMs - now));
+    this.debounceTimer = setTimeout(() => {
+      this.debounceTimer = undefined;
+      this.log.debug({ why }, 'rescanning');
+      this.rescan().catch((err: unknown) => this.log.error({ err }, 'manifest scan failed'));
+    }, wait);
+  }
+
+  /** Watches the parent for DIR itself being replaced (a symlink swap, or delete and re-create). */
+  private watchParent(): void {
+    const name = basename(this.dir);
+    try {
+      this.parentWatcher = watch(dirname(this.dir), { persistent: false }, (_event, file) => {
+        if (file === null || file === name) this.trigger('directory replaced');
+      });
+      this.parentWatcher.on('error', (err) => {
+        this.log.debug({ err }, 'parent directory watch failed; relying on periodic re-scans for directory swaps');
+        this.parentWatcher?.close();
+        this.parentWatcher = undefined;
+      });
+    } catch (err) {
+      this.log.debug({ err }, 'cannot watch the parent directory; relying on periodic re-scans for directory swaps');
+    }
+  }
+
+  /**
+   * (Re-)establishes the recursive watch on what DIR resolves to now. Called
+   * before every scan, so a swapped or re-created DIR is re-watched.
+   */
+  private async ensureWatch(): Promise<void> {
+    if (this.stopped) return;
+    let target: { path: string; ino: number; dev: number };
+    try {
+      const path = await realpath(this.dir);
+      const st = await stat(path);
+      target = { path, ino: st.ino, dev: st.dev };
+    } catch {
+      return; // the scan reports the missing directory
+    }
+    const w = this.watchedRoot;
+    if (this.watcher !== undefined && w !== undefined && w.path === target.path && w.ino === target.ino && w.dev === target.dev) return;
+    if (this.watcher !== undefined) {
+      this.watcher.close();
+      this.watcher = undefined;
+      this.metrics?.watchRestarts.inc();
+      this.log.info({ target: target.path }, 'manifests directory replaced; watching the new one');
+    }
+    try {
+      const watcher = watch(target.path, { recursive: true, persistent: true }, () => this.trigger('change'));
+      watcher.on('error', (err) => {
+        if (this.watcher !== watcher) return;
+        watcher.close();
+        this.watcher = undefined;
+        this.watchedRoot = undefined;
+        this.log.warn({ err }, 'manifests directory watch failed; retrying');
+        this.scheduleRewatch();
+      });
+      this.watcher = watcher;
+      this.watchedRoot = target;
+      this.watchFailures = 0;
+    } catch (err) {
+      this.log.warn({ err }, 'cannot watch the manifests directory; retrying');
+      this.scheduleRewatch();
+    }
+  }
+
+  private scheduleRewatch(): void {
+    if (this.stopped || this.rewatchTimer !== undefined) return;
+    this.watchFailures++;
+    // Exponential backoff with full jitter, 0.5 s to 30 s.
+    const ceiling = Math.min(30_000, 500 * 2 ** Math.min(this.watchFailures, 6));
+    const delay = ceiling / 2 + Math.random() * (ceiling / 2);
+    this.rewatchTimer = setTimeout(() => {
+      this.rewatchTimer = undefined;
+      this.metrics?.watchRestarts.inc();
+      this.trigger('rewatch');
+    }, delay);
+    this.rewatchTimer.unref();
+  }
+
+  // -------------------------------------------------------------------------
+  // Scanning
+
+  private async scan(): Promise<void> {
+    await this.ensureWatch();
+    const errors: ManifestError[] = [];
+    const walked = await this.walk(errors);
+    if (walked === undefined) {
+      // DIR is gone or unreadable: keep everything (last good wins).
+      this.metrics?.scans.inc({ result: 'failed' });
+      this.finish(errors, { files: 0, objects: this.owned.size, upserted: 0, deleted: 0, ignored: 0, retained: this.owned.size, errors });
+      return;
+    }
+    const { files, unreadableDirs } = walked;
+
+    const outcomes = new Map<string, FileOutcome>();
+    const nextCache = new Map<string, CachedFile>();
+    let ignored = 0;
+    for (const rel of files) {
+      const outcome = await this.readManifest(rel, nextCache);
+      if (outcome === undefined) continue; // vanished since the walk
+      outcomes.set(rel, outcome);
+      errors.push(...outcome.errors);
+      ignored += outcome.ignored;
+    }
+    this.cache = nextCache;
+
+    // Candidates per key, in path then document order; retained last good
+    // versions join as candidates of the file that supplied them.
+    const candidates = new Map<string, Found[]>();
+    const add = (f: Found): void => {
+      const list = candidates.get(f.key);
+      if (list === undefined) candidates.set(f.key, [f]);
+      else list.push(f);
+    };
+    for (const outcome of outcomes.values()) outcome.found.forEach(add);
+    let retained = 0;
+    for (const [key, prev] of this.owned) {
+      const outcome = outcomes.get(prev.file);
+      const keep =
+        outcome !== undefined
+          ? (outcome.keepAll || outcome.keepKeys.has(key)) && !outcome.found.some((f) => f.key === key)
+          : unreadableDirs.some((d) => prev.file.startsWith(`${d}/`));
+      if (keep) {
+        add(prev);
+        retained++;
+      }
+    }
+
+    const desired = new Map<string, Found>();
+    for (const [key, list] of candidates) {
+      const owner = this.owned.get(key)?.file;
+      const winner = list.find((f) => f.file === owner) ?? list[0];
+      if (winner === undefined) continue;
+      desired.set(key, winner);
+      for (const loser of list) {
+        if (loser === winner) continue;
+        const object = describeObject(loser.object);
+        const where = (f: Found): string => `${f.file} (document ${f.document + 1}${f.item !== undefined ? `, items[${f.item}]` : ''})`;
+        errors.push({
+          reason: 'duplicate',
+          file: loser.file,
+          document: loser.document + 1,
+          ...(loser.item !== undefined ? { item: loser.item } : {}),
+          object,
+          message: `${where(loser)}: ${object} is also defined in ${where(winner)}; keeping the one from ${winner.file}`,
+        });
+      }
+    }
+
+    const { upserted, deleted } = this.apply(desired);
+    this.owned = desired;
+    this.isSynced = true;
+    this.metrics?.scans.inc({ result: errors.length > 0 ? 'errors' : 'ok' });
+    this.finish(errors, { files: files.length, objects: desired.size, upserted, deleted, ignored, retained, errors });
+  }
+
+  private apply(desired: Map<string, Found>): { upserted: number; deleted: number } {
+    let upserted = 0;
+    let deleted = 0;
+    const ups = [...desired.values()].sort((a, b) => kindRank(a.object.kind) - kindRank(b.object.kind));
+    for (const f of ups) {
+      try {
+        if (this.store.upsert(f.object)) upserted++;
+      } catch (err) {
+        // A store listener threw; the store itself is updated.
+        upserted++;
+        this.log.error({ err, object: describeObject(f.object) }, 'store listener failed on upsert');
+      }
+    }
+    const gone = [...this.owned.values()].filter((f) => !desired.has(f.key)).sort((a, b) => kindRank(b.object.kind) - kindRank(a.object.kind));
+    for (const f of gone) {
+      const m = f.object.metadata;
+      try {
+        if (this.store.delete(f.object.kind, m.namespace, m.name)) deleted++;
+      } catch (err) {
+        deleted++;
+        this.log.error({ err, object: describeObject(f.object) }, 'store listener failed on delete');
+      }
+    }
+    return { upserted, deleted };
+  }
+
+  private finish(errors: ManifestError[], result: ScanResult): void {
+    const ids = new Set(errors.map(errorId));
+    for (const e of errors) {
+      if (this.errorIds.has(errorId(e))) continue;
+      this.log.error(
+        { reason: e.reason, file: e.file, document: e.document, item: e.item, object: e.object, field: e.field },
+        e.message,
+      );
+      try {
+        this.onError?.(e);
+      } catch (err) {
+        this.log.error({ err }, 'onError callback failed');
+      }
+    }
+    for (const e of this.errors) {
+      if (!ids.has(errorId(e))) this.log.info({ reason: e.reason, file: e.file, object: e.object }, 'manifest error resolved');
+    }
+    this.errors = errors;
+    this.errorIds = ids;
+    this.metrics?.errors.set(errors.length);
+    this.metrics?.objects.set(result.objects);
+    this.log.info(
+      { files: result.files, objects: result.objects, upserted: result.upserted, deleted: result.deleted, ignored: result.ignored, retained: result.retained, errors: errors.length },
+      'manifests scanned',
+    );
+    try {
+      this.onScan?.(result);
+    } catch (err) {
+      this.log.error({ err }, 'onScan callback failed');
+    }
+  }
+
+  /**
+   * Lists manifest files (relative paths, sorted). Returns undefined when DIR
+   * itself cannot be read; unreadable subdirectories are reported and listed
+   * so what they supplied is kept.
+   */
+  private async walk(errors: ManifestError[]): Promise<{ files: string[]; unreadableDirs: string[] } | undefined> {
+    const files: string[] = [];
+    const unreadableDirs: string[] = [];
+    const visited = new Set<string>();
+    const visit = async (rel: string): Promise<boolean> => {
+      const abs = rel === '' ? this.dir : join(this.dir, rel);
+      let entries;
+      try {
+        const real = await realpath(abs);
+        if (visited.has(real)) return true; // a symlink loop, or a directory linked twice
+        visited.add(real);
+        entries = await readdir(abs, { withFileTypes: true });
+      } catch (err) {
+        const what = rel === '' ? 'the manifests directory' : `directory ${rel}`;
+        errors.push({
+          reason: rel === '' ? 'directory' : 'read',
+          file: rel,
+          message: `${rel === '' ? this.dir : rel}: cannot read ${what} (${errnoCode(err) ?? errMessage(err)}); keeping the objects loaded from it`,
+        });
+        if (rel !== '') unreadableDirs.push(rel);
+        return false;
+      }
+      entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+      for (const e of entries) {
+        if (isIgnoredName(e.name)) continue;
+        const childRel = rel === '' ? e.name : `${rel}/${e.name}`;
+        let isDir = e.isDirectory();
+        let isFile = e.isFile();
+        if (e.isSymbolicLink()) {
+          try {
+            const st = await stat(join(this.dir, childRel));
+            isDir = st.isDirectory();
+            isFile = st.isFile();
+          } catch {
+            continue; // dangling link: nothing to read
+          }
+        }
+        if (isDir) await visit(childRel);
+        else if (isFile && isManifestName(e.name)) files.push(childRel);
+      }
+      return true;
+    };
+    const ok = await visit('');
+    return ok ? { files, unreadableDirs } : undefined;
+  }
+
+  private async readManifest(rel: string, nextCache: Map<string, CachedFile>): Promise<FileOutcome | undefined> {
+    const abs = join(this.dir, rel);
+    const fail = (reason: ManifestErrorReason, message: string): FileOutcome => ({
+      found: [],
+      errors: [{ reason, file: rel, message }],
+      keepAll: true,
+      keepKeys: new Set(),
+      ignored: 0,
+    });
+    let buf: Buffer;
+    try {
+      const st = await stat(abs);
+      if (!st.isFile()) return undefined;
+      if (st.size > this.maxFileBytes) {
+        return fail('too-large', `${rel}: ${formatBytes(st.size)} is over the ${formatBytes(this.maxFileBytes)} limit for a manifest file; split it into smaller files (the objects loaded from it before are kept)`);
+      }
+      buf = await readFile(abs);
+    } catch (err) {
+      if (errnoCode(err) === 'ENOENT') return undefined;
+      return fail('read', `${rel}: cannot read (${errnoCode(err) ?? errMessage(err)}); the objects loaded from it before are kept`);
+    }
+    if (buf.length > this.maxFileBytes) {
+      return fail('too-large', `${rel}: ${formatBytes(buf.length)} is over the ${formatBytes(this.maxFileBytes)} limit for a manifest file; split it into smaller files (the objects loaded from it before are kept)`);
+    }
+    const hash = createHash('sha256').update(buf).digest('hex');
+    const cached = this.cache.get(rel);
+    if (cached !== undefined && cached.hash === hash) {
+      nextCache.set(rel, cached);
+      return cached.outcome;
+    }
+    const outcome = this.parseManifest(rel, buf.toString('utf8').replace(/^\uFEFF/, ''));
+    nextCache.set(rel, { hash, outcome });
+    return outcome;
+  }
+
+  private parseManifest(rel: string, text: string): FileOutcome {
+    const outcome: FileOutcome = { found: [], errors: [], keepKeys: new Set(), keepAll: false, ignored: 0 };
+    const docs: { index: number; value: unknown }[] = [];
+    if (rel.endsWith('.json')) {
+      try {
+        docs.push({ index: 0, value: JSON.parse(text) as unknown });
+      } catch (err) {
+        outcome.errors.push({ reason: 'parse', file: rel, message: `${rel}: invalid JSON: ${errMessage(err)}; the objects loaded from it before are kept` });
+        outcome.keepAll = true;
+      }
+    } else {
+      const parsed = parseAllDocuments(text, { uniqueKeys: true, prettyErrors: true });
+      parsed.forEach((doc, index) => {
+        const first = doc.errors[0];
+        if (first !== undefined) {
+          const msg = first.message.split('\n')[0] ?? first.message;
+          outcome.errors.push({ reason: 'parse', file: rel, document: index + 1, message: `${rel} (document ${index + 1}): invalid YAML: ${msg}; the objects loaded from this file before are kept` });
+          outcome.keepAll = true;
+          return;
+        }
+        try {
+          docs.push({ index, value: doc.toJS({ maxAliasCount: 100 }) as unknown });
+        } catch (err) {
+          outcome.errors.push({ reason: 'parse', file: rel, document: index + 1, message: `${rel} (document ${index + 1}): invalid YAML: ${errMessage(err)}` });
+          outcome.keepAll = true;
+        }
+      });
+    }
+    for (const { index, value } of docs) {
+      if (value === null || value === undefined) continue; // an empty document (`---` with nothing after it)
+      if (isRecord(value) && value['kind'] === 'List' && value['items'] !== undefined && value['items'] !== null && !Array.isArray(value['items'])) {
+        outcome.errors.push({ reason: 'invalid', file: rel, document: index + 1, field: 'items', message: `${rel} (document ${index + 1}): List: items: not a list` });
+        outcome.keepAll = true;
+        continue;
+      }
+      const list = this.listItems(value);
+      if (list === undefined) this.take(outcome, rel, value, index, undefined);
+      else list.forEach((item, i) => this.take(outcome, rel, item, index, i));
+    }
+    return outcome;
+  }
+
+  /**
+   * The items of a `List` (or of a typed list such as `PodList`, whose items
+   * may omit apiVersion and kind); undefined when the value is not a list.
+   */
+  private listItems(value: unknown): unknown[] | undefined {
+    if (!isRecord(value)) return undefined;
+    const kind = value['kind'];
+    const items = value['items'];
+    if (kind === 'List') return Array.isArray(items) ? items : [];
+    if (typeof kind !== 'string' || !kind.endsWith('List') || !Array.isArray(items) || value['spec'] !== undefined) return undefined;
+    const itemKind = kind.slice(0, -'List'.length);
+    const apiVersion = value['apiVersion'];
+    return items.map((item: unknown) => (isRecord(item) && item['kind'] === undefined ? { apiVersion, kind: itemKind, ...item } : item));
+  }
+
+  private take(outcome: FileOutcome, rel: string, raw: unknown, index: number, item: number | undefined): void {
+    const where = item === undefined ? { file: rel, index } : { file: rel, index, item };
+    const r = validateObject(raw, where);
+    if (r.ok) {
+      outcome.found.push({ key: objectKey(r.object), object: r.object, file: rel, document: index, ...(item !== undefined ? { item } : {}) });
+      return;
+    }
+    if (r.ignored) {
+      outcome.ignored++;
+      this.log.debug({ file: rel, document: index + 1, apiVersion: r.apiVersion, kind: r.kind }, 'ignoring a kind weir does not read');
+      return;
+    }
+    const e = r.error;
+    outcome.errors.push({
+      reason: 'invalid',
+      file: rel,
+      document: index + 1,
+      ...(item !== undefined ? { item } : {}),
+      ...(e.object !== undefined ? { object: e.object } : {}),
+      field: e.field,
+      message: e.message,
+      validation: e,
+    });
+    if (e.key !== undefined) outcome.keepKeys.add(e.key);
+    else outcome.keepAll = true; // cannot tell which object it was
+  }
+}

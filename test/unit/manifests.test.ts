@@ -1,0 +1,305 @@
+import { cp, mkdir, mkdtemp, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pino from 'pino';
+import { afterEach, beforeEach, describe, expect, test } from 'vitest';
+import { ObjectStore, type StoreChange } from '../../src/model/store.js';
+import { isIgnoredName, ManifestSource, type ManifestError, type ManifestSourceOptions, type ScanResult } from '../../src/sources/manifests.js';
+
+const FIXTURES = join(dirname(fileURLToPath(import.meta.url)), '..', 'fixtures', 'manifests');
+
+let dir: string;
+let store: ObjectStore;
+let source: ManifestSource | undefined;
+let errors: ManifestError[];
+let scans: ScanResult[];
+let logLines: string[];
+
+beforeEach(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'weir-manifests-'));
+  store = new ObjectStore();
+  errors = [];
+  scans = [];
+  logLines = [];
+});
+
+afterEach(async () => {
+  await source?.stop();
+  source = undefined;
+  await rm(dir, { recursive: true, force: true });
+});
+
+async function startSource(root: string, extra: Partial<ManifestSourceOptions> = {}): Promise<ManifestSource> {
+  const logger = pino({ level: 'debug' }, { write: (line: string) => logLines.push(line) });
+  source = new ManifestSource({
+    dir: root,
+    store,
+    logger,
+    onError: (e) => errors.push(e),
+    onScan: (r) => scans.push(r),
+    resyncIntervalMs: 0, // only watch events may trigger a re-scan here
+    ...extra,
+  });
+  await source.start();
+  return source;
+}
+
+/** Writes the way editors and kubectl-style tools do: a temporary, then a rename. */
+async function writeAtomic(path: string, content: string): Promise<void> {
+  await mkdir(dirname(path), { recursive: true });
+  const tmp = join(dirname(path), `.${Date.now()}-${Math.random().toString(36).slice(2)}.partial`);
+  await writeFile(tmp, content);
+  await rename(tmp, path);
+}
+
+async function waitUntil(what: string, cond: () => boolean, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+const egressMode = (): string | undefined => store.get('EgressPolicy', 'ml', 'train-data')?.spec.mode;
+
+function policyYaml(mode: string, port: number | string = 443): string {
+  return `apiVersion: v1
+kind: Namespace
+metadata: {name: ml, labels: {edit: "${String(port)}"}}
+---
+apiVersion: weir.dev/v1alpha1
+kind: EgressPolicy
+metadata: {name: train-data, namespace: ml}
+spec:
+  podSelector: {matchLabels: {weir.dev/domain: train-data}}
+  mode: ${mode}
+  egress:
+  - ports: [{port: ${String(port)}}]
+`;
+}
+
+describe('initial load', () => {
+  test('loads multi-document YAML, a JSON List, a single JSON object, a YAML List and .yml; ignores other kinds, dotfiles and editor temporaries', async () => {
+    await cp(FIXTURES, dir, { recursive: true });
+    const temp = 'apiVersion: v1\nkind: Pod\nmetadata: {name: NAME, namespace: ml}\nspec: {containers: [{name: c}]}\n';
+    for (const [file, name] of [
+      ['ml/policy.yaml~', 'backup'],
+      ['ml/#policy.yaml#', 'autosave'],
+      ['ml/.#policy.yaml', 'emacs-lock'],
+      ['ml/.policy.yaml.swp', 'swap'],
+      ['ml/policy.yaml.tmp', 'tmp'],
+      ['ml/4913', 'vim-probe'],
+    ] as const) {
+      await writeFile(join(dir, file), temp.replace('NAME', name));
+    }
+    const s = await startSource(dir);
+    expect(s.synced).toBe(true);
+    expect(s.lastErrors()).toEqual([]);
+    expect(store.namespaces().map((n) => n.metadata.name).sort()).toEqual(['ml', 'prod-model']);
+    expect(store.pods().map((p) => p.metadata.name).sort()).toEqual(['feature-store-0', 'trainer-0']);
+    expect(store.egressPolicies().map((p) => p.metadata.name)).toEqual(['train-data']);
+    expect(store.networkPolicies().map((p) => p.spec.policyTypes)).toEqual([['Egress']]);
+    expect(store.clusterEgressPolicies().map((p) => [p.metadata.name, p.spec.mode])).toEqual([['no-unapproved-model-apis', 'Audit']]);
+    expect(store.services().map((x) => x.metadata.name)).toEqual(['feature-store']);
+    expect(store.endpointSlices().map((x) => x.metadata.name)).toEqual(['feature-store-abcde']);
+    expect(store.podByIP('fd00:10:244:2::20')?.metadata.name).toBe('feature-store-0');
+    expect(scans[0]).toMatchObject({ objects: 9, ignored: 1, errors: [] });
+  });
+
+  test('synced is false before start() and true after the first load, even when a file is broken', async () => {
+    await writeFile(join(dir, 'bad.yaml'), 'apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: []}\n');
+    const s = new ManifestSource({ dir, store, logger: pino({ level: 'silent' }), resyncIntervalMs: 0 });
+    source = s;
+    expect(s.synced).toBe(false);
+    await s.start();
+    expect(s.synced).toBe(true);
+    expect(s.lastErrors().map((e) => e.field)).toEqual(['spec.containers']);
+  });
+
+  test('start() on a missing directory fails with a clear message', async () => {
+    const s = new ManifestSource({ dir: join(dir, 'missing'), store, logger: pino({ level: 'silent' }) });
+    await expect(s.start()).rejects.toThrow(/manifests directory .*missing: does not exist/);
+  });
+
+  test('a file over 10 MB is refused with a message naming the limit', async () => {
+    await writeFile(join(dir, 'huge.yaml'), `# ${'x'.repeat(10 * 1024 * 1024)}\n`);
+    await writeFile(join(dir, 'ok.yaml'), policyYaml('Enforce'));
+    const s = await startSource(dir);
+    expect(s.lastErrors()).toHaveLength(1);
+    expect(s.lastErrors()[0]).toMatchObject({ reason: 'too-large', file: 'huge.yaml' });
+    expect(s.lastErrors()[0]?.message).toMatch(/huge\.yaml: 10\.0 MB is over the 10\.0 MB limit for a manifest file/);
+    expect(egressMode()).toBe('Enforce');
+  });
+
+  test('an invalid document is reported with file, document, object and field, and the rest of the file loads', async () => {
+    await writeFile(join(dir, 'policy.yaml'), policyYaml('Enforce', 70000));
+    const s = await startSource(dir);
+    expect(store.namespace('ml')).toBeDefined();
+    expect(egressMode()).toBeUndefined();
+    expect(errors).toHaveLength(1);
+    expect(errors[0]).toMatchObject({ reason: 'invalid', file: 'policy.yaml', document: 2, object: 'EgressPolicy ml/train-data', field: 'spec.egress[0].ports[0].port' });
+    expect(errors[0]?.message).toBe('policy.yaml (document 2): EgressPolicy ml/train-data: spec.egress[0].ports[0].port: 70000 is not a port (1-65535)');
+    expect(s.lastErrors()).toEqual(errors);
+  });
+
+  test('the same object in two files is an error naming both files, and the first file wins', async () => {
+    await writeFile(join(dir, 'a.yaml'), policyYaml('Enforce'));
+    await writeFile(join(dir, 'b.yaml'), policyYaml('Audit'));
+    const s = await startSource(dir);
+    expect(egressMode()).toBe('Enforce');
+    const dup = s.lastErrors().filter((e) => e.reason === 'duplicate');
+    expect(dup.map((e) => e.message)).toContain('b.yaml (document 2): EgressPolicy ml/train-data is also defined in a.yaml (document 2); keeping the one from a.yaml');
+  });
+});
+
+describe('watching', () => {
+  test('an edited file is applied without a restart', async () => {
+    await writeFile(join(dir, 'policy.yaml'), policyYaml('Enforce'));
+    await startSource(dir);
+    const changes: StoreChange[] = [];
+    store.onChange((c) => changes.push(c));
+    expect(egressMode()).toBe('Enforce');
+    await writeAtomic(join(dir, 'policy.yaml'), policyYaml('Audit'));
+    await waitUntil('the policy is in Audit mode', () => egressMode() === 'Audit');
+    expect(changes.map((c) => [c.type, c.key])).toContainEqual(['upsert', 'EgressPolicy/ml/train-data']);
+  });
+
+  test('a new file in a new subdirectory is picked up', async () => {
+    await startSource(dir);
+    await writeAtomic(join(dir, 'teams', 'ml', 'policy.yaml'), policyYaml('Enforce'));
+    await waitUntil('the policy is loaded', () => egressMode() === 'Enforce');
+  });
+
+  test('a broken edit keeps the last good object and reports file, object and field; fixing it applies the fix', async () => {
+    await writeFile(join(dir, 'policy.yaml'), policyYaml('Enforce'));
+    const s = await startSource(dir);
+    // The broken edit also changes the Namespace, which is valid and must load.
+    await writeAtomic(join(dir, 'policy.yaml'), policyYaml('Audit', 70000));
+    await waitUntil('the error is reported', () => errors.length > 0);
+    expect(errors[0]).toMatchObject({ file: 'policy.yaml', document: 2, object: 'EgressPolicy ml/train-data', field: 'spec.egress[0].ports[0].port' });
+    expect(egressMode()).toBe('Enforce'); // last good version
+    expect(store.get('EgressPolicy', 'ml', 'train-data')?.spec.egress?.[0]?.ports?.[0]?.port).toBe(443);
+    expect(store.namespace('ml')?.metadata.labels?.['edit']).toBe('70000'); // the valid document loaded
+    expect(s.lastErrors().map((e) => e.field)).toEqual(['spec.egress[0].ports[0].port']);
+    const logged = logLines.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l['reason'] === 'invalid');
+    expect(logged).toMatchObject({ component: 'manifests', file: 'policy.yaml', document: 2, object: 'EgressPolicy ml/train-data', field: 'spec.egress[0].ports[0].port' });
+
+    await writeAtomic(join(dir, 'policy.yaml'), policyYaml('Audit', 8443));
+    await waitUntil('the fix is applied', () => egressMode() === 'Audit');
+    expect(s.lastErrors()).toEqual([]);
+    expect(errors).toHaveLength(1); // reported once, when it appeared
+  });
+
+  test('a YAML syntax error keeps every object previously loaded from the file', async () => {
+    await writeFile(join(dir, 'policy.yaml'), policyYaml('Enforce'));
+    const s = await startSource(dir);
+    await writeAtomic(join(dir, 'policy.yaml'), 'apiVersion: v1\nkind: Namespace\nmetadata: {name: ml\n');
+    await waitUntil('the parse error is reported', () => errors.length > 0);
+    expect(errors[0]).toMatchObject({ reason: 'parse', file: 'policy.yaml' });
+    expect(errors[0]?.message).toMatch(/^policy\.yaml \(document 1\): invalid YAML/);
+    expect(egressMode()).toBe('Enforce');
+    expect(store.namespace('ml')).toBeDefined();
+    expect(s.lastErrors()).toHaveLength(1);
+  });
+
+  test('deleting a file removes its objects and leaves the others', async () => {
+    await cp(FIXTURES, dir, { recursive: true });
+    await startSource(dir);
+    expect(store.pods()).toHaveLength(2);
+    await rm(join(dir, 'pods.json'));
+    await waitUntil('the pods are gone', () => store.pods().length === 0);
+    expect(egressMode()).toBe('Enforce');
+    expect(store.services()).toHaveLength(1);
+  });
+
+  test('removing one document from a file deletes only that object', async () => {
+    await writeFile(join(dir, 'policy.yaml'), policyYaml('Enforce'));
+    await startSource(dir);
+    const withoutPolicy = policyYaml('Enforce').split('---')[0] ?? '';
+    await writeAtomic(join(dir, 'policy.yaml'), withoutPolicy);
+    await waitUntil('the policy is gone', () => egressMode() === undefined);
+    expect(store.namespace('ml')).toBeDefined();
+  });
+
+  test('a file added later cannot take over an object another file already supplies', async () => {
+    await writeFile(join(dir, 'b.yaml'), policyYaml('Enforce'));
+    const s = await startSource(dir);
+    await writeAtomic(join(dir, 'a.yaml'), policyYaml('Audit'));
+    await waitUntil('the duplicate is reported', () => errors.some((e) => e.reason === 'duplicate'));
+    expect(egressMode()).toBe('Enforce');
+    expect(s.lastErrors().find((e) => e.reason === 'duplicate' && e.object === 'EgressPolicy ml/train-data')?.message).toMatch(/^a\.yaml \(document 2\): EgressPolicy ml\/train-data is also defined in b\.yaml/);
+  });
+
+  test('a ConfigMap-style ..data symlink swap is applied', async () => {
+    // The layout the kubelet gives a ConfigMap volume.
+    await mkdir(join(dir, '..2024_01_01'));
+    await writeFile(join(dir, '..2024_01_01', 'policy.yaml'), policyYaml('Enforce'));
+    await symlink('..2024_01_01', join(dir, '..data'));
+    await symlink('..data/policy.yaml', join(dir, 'policy.yaml'));
+    await startSource(dir);
+    expect(egressMode()).toBe('Enforce');
+    expect(store.size).toBe(2); // the ..-prefixed directories are not read on their own
+
+    await mkdir(join(dir, '..2024_01_02'));
+    await writeFile(join(dir, '..2024_01_02', 'policy.yaml'), policyYaml('Audit'));
+    await symlink('..2024_01_02', join(dir, '..data_tmp'));
+    await rename(join(dir, '..data_tmp'), join(dir, '..data'));
+    await rm(join(dir, '..2024_01_01'), { recursive: true });
+    await waitUntil('the swapped content is applied', () => egressMode() === 'Audit');
+  });
+
+  test('a manifests directory that is itself a symlink can be swapped to another directory', async () => {
+    await mkdir(join(dir, 'v1'));
+    await mkdir(join(dir, 'v2'));
+    await writeFile(join(dir, 'v1', 'policy.yaml'), policyYaml('Enforce'));
+    await writeFile(join(dir, 'v1', 'pods.json'), await readFile(join(FIXTURES, 'pods.json'), 'utf8'));
+    await writeFile(join(dir, 'v2', 'policy.yaml'), policyYaml('Audit'));
+    await symlink('v1', join(dir, 'current'));
+    await startSource(join(dir, 'current'));
+    expect(store.pods()).toHaveLength(2);
+    await symlink('v2', join(dir, 'current.tmp'));
+    await rename(join(dir, 'current.tmp'), join(dir, 'current'));
+    await waitUntil('v2 is loaded', () => egressMode() === 'Audit' && store.pods().length === 0);
+    // And the new target is watched.
+    await writeAtomic(join(dir, 'v2', 'policy.yaml'), policyYaml('Enforce'));
+    await waitUntil('an edit in v2 is applied', () => egressMode() === 'Enforce');
+  });
+
+  test('a manifests directory that disappears keeps every object and reports the directory error', async () => {
+    await mkdir(join(dir, 'conf'));
+    await writeFile(join(dir, 'conf', 'policy.yaml'), policyYaml('Enforce'));
+    await startSource(join(dir, 'conf'));
+    await rm(join(dir, 'conf'), { recursive: true });
+    await waitUntil('the directory error is reported', () => errors.some((e) => e.reason === 'directory'));
+    expect(egressMode()).toBe('Enforce');
+    expect(store.namespace('ml')).toBeDefined();
+    // Re-created, it is watched again.
+    await writeAtomic(join(dir, 'conf', 'policy.yaml'), policyYaml('Audit'));
+    await waitUntil('the re-created directory is loaded', () => egressMode() === 'Audit');
+  });
+
+  test('after stop() edits are no longer applied and the objects stay', async () => {
+    await writeFile(join(dir, 'policy.yaml'), policyYaml('Enforce'));
+    const s = await startSource(dir);
+    await s.stop();
+    const n = scans.length;
+    await writeAtomic(join(dir, 'policy.yaml'), policyYaml('Audit'));
+    await new Promise((r) => setTimeout(r, 400));
+    expect(scans.length).toBe(n);
+    expect(egressMode()).toBe('Enforce');
+  });
+});
+
+describe('isIgnoredName', () => {
+  test.each(['.hidden.yaml', '.#policy.yaml', 'policy.yaml~', '#policy.yaml#', '.policy.yaml.swp', 'policy.yaml.tmp', '4913', '..data', '..2024_01_01'])(
+    '%s is ignored',
+    (name) => {
+      expect(isIgnoredName(name)).toBe(true);
+    },
+  );
+
+  test.each(['policy.yaml', 'pods.json', 'a#b.yml'])('%s is not ignored', (name) => {
+    expect(isIgnoredName(name)).toBe(false);
+  });
+});
