@@ -1,0 +1,243 @@
+// Runs the traffic probe (probe.ts) inside sandbox pods and hosts and reads
+// its JSON lines back. Used by the end-to-end test helpers and by the demo.
+
+import type { ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import type { Sandbox } from './sandbox.js';
+
+/** A pod as "namespace/name" or as an object. */
+export type PodRef = string | { namespace: string; name: string };
+
+/** Where a probe runs: in a pod (and one of its containers' cgroups) or in a host. */
+export type ProbeOrigin = { pod: PodRef; container?: string } | { host: string };
+
+export interface ProbeEvent {
+  event: string;
+  [key: string]: unknown;
+}
+
+export interface ProbeResult {
+  mode: string;
+  target: string;
+  ok: boolean;
+  /** errno name (EPERM, ECONNREFUSED, ETIMEDOUT, ...) or null when ok. */
+  code: string | null;
+  ms: number;
+  /** The whole JSON line (echo, sent, local, remote, rtt, detail, ...). */
+  raw: Record<string, unknown>;
+}
+
+export function parsePodRef(ref: PodRef): { namespace: string; name: string } {
+  if (typeof ref !== 'string') return ref;
+  const [namespace, name, extra] = ref.split('/');
+  if (!namespace || !name || extra !== undefined) throw new TypeError(`pod ref ${JSON.stringify(ref)}: want "namespace/name"`);
+  return { namespace, name };
+}
+
+/** probe.ts beside this module when running from source, probe.js when running from dist/. */
+export function probeScriptPath(): string {
+  const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
+  return fileURLToPath(new URL(`./probe${ext}`, import.meta.url));
+}
+
+export function probeCommand(args: readonly string[]): string[] {
+  return [process.execPath, probeScriptPath(), ...args];
+}
+
+export function spawnProbe(sandbox: Sandbox, origin: ProbeOrigin, args: readonly string[]): ChildProcess {
+  const argv = probeCommand(args);
+  if ('host' in origin) return sandbox.spawnInHost(origin.host, argv);
+  const { namespace, name } = parsePodRef(origin.pod);
+  return sandbox.spawnInPod(namespace, name, argv, origin.container !== undefined ? { container: origin.container } : {});
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function parseLine(line: string): Record<string, unknown> | undefined {
+  try {
+    const v: unknown = JSON.parse(line);
+    return isRecord(v) ? v : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function toResult(raw: Record<string, unknown>): ProbeResult {
+  const { mode, target, ok, code, ms } = raw;
+  if (typeof mode !== 'string' || typeof ok !== 'boolean' || typeof ms !== 'number') {
+    throw new Error(`probe printed an unexpected result: ${JSON.stringify(raw)}`);
+  }
+  return {
+    mode,
+    target: typeof target === 'string' ? target : '',
+    ok,
+    code: typeof code === 'string' ? code : null,
+    ms,
+    raw,
+  };
+}
+
+/** Runs a one-shot probe mode and returns its result line. */
+export function runProbe(
+  sandbox: Sandbox,
+  origin: ProbeOrigin,
+  args: readonly string[],
+  opts: { timeoutMs?: number } = {},
+): Promise<ProbeResult> {
+  const timeoutMs = opts.timeoutMs ?? 15_000;
+  const child = spawnProbe(sandbox, origin, args);
+  return new Promise((resolve, reject) => {
+    let out = '';
+    let err = '';
+    child.stdout?.setEncoding('utf8').on('data', (d: string) => (out += d));
+    child.stderr?.setEncoding('utf8').on('data', (d: string) => (err += d));
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`probe ${args.join(' ')} did not finish in ${timeoutMs} ms`));
+    }, timeoutMs);
+    child.once('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    child.once('close', (status, signal) => {
+      clearTimeout(timer);
+      const last = out.trim().split('\n').filter(Boolean).at(-1);
+      const raw = last === undefined ? undefined : parseLine(last);
+      if (raw === undefined) {
+        reject(new Error(`probe ${args.join(' ')} exited ${status ?? signal} without a result: ${err.trim() || out.trim()}`));
+        return;
+      }
+      try {
+        resolve(toResult(raw));
+      } catch (e) {
+        reject(e);
+      }
+    });
+  });
+}
+
+/** A long-running probe (serve, tcp-stream): its JSON events as they arrive. */
+export class ProbeProcess {
+  readonly child: ChildProcess;
+  readonly events: ProbeEvent[] = [];
+  /** Resolves with the exit status (null when killed by a signal). */
+  readonly exited: Promise<number | null>;
+  private stderrText = '';
+  private waiters: { pred: (e: ProbeEvent) => boolean; resolve: (e: ProbeEvent) => void }[] = [];
+
+  constructor(child: ChildProcess) {
+    this.child = child;
+    let buf = '';
+    child.stdout?.setEncoding('utf8').on('data', (d: string) => {
+      buf += d;
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const raw = parseLine(buf.slice(0, nl));
+        buf = buf.slice(nl + 1);
+        if (raw === undefined || typeof raw.event !== 'string') continue;
+        const ev: ProbeEvent = { ...raw, event: raw.event };
+        this.events.push(ev);
+        this.waiters = this.waiters.filter((w) => {
+          if (!w.pred(ev)) return true;
+          w.resolve(ev);
+          return false;
+        });
+      }
+    });
+    child.stderr?.setEncoding('utf8').on('data', (d: string) => (this.stderrText += d));
+    this.exited = new Promise((resolve) => {
+      child.once('error', () => resolve(null));
+      child.once('close', (status) => resolve(status));
+    });
+  }
+
+  get stderr(): string {
+    return this.stderrText;
+  }
+
+  get running(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  /** The first event (already seen or future) matching pred. */
+  waitFor(pred: (e: ProbeEvent) => boolean, timeoutMs = 5000): Promise<ProbeEvent> {
+    const seen = this.events.find(pred);
+    if (seen !== undefined) return Promise.resolve(seen);
+    return new Promise((resolve, reject) => {
+      const waiter = {
+        pred,
+        resolve: (e: ProbeEvent) => {
+          clearTimeout(timer);
+          resolve(e);
+        },
+      };
+      const timer = setTimeout(() => {
+        this.waiters = this.waiters.filter((w) => w !== waiter);
+        reject(new Error(`no matching probe event in ${timeoutMs} ms; events: ${JSON.stringify(this.events.slice(-5))} ${this.stderrText.trim()}`));
+      }, timeoutMs);
+      this.waiters.push(waiter);
+      void this.exited.then(() => {
+        if (!this.waiters.includes(waiter)) return;
+        this.waiters = this.waiters.filter((w) => w !== waiter);
+        clearTimeout(timer);
+        reject(new Error(`probe exited before a matching event; events: ${JSON.stringify(this.events.slice(-5))} ${this.stderrText.trim()}`));
+      });
+    });
+  }
+
+  /** SIGTERM (the probe prints its summary), SIGKILL if it lingers. */
+  async stop(graceMs = 2000): Promise<number | null> {
+    if (!this.running) return this.exited;
+    this.child.kill('SIGTERM');
+    const timer = setTimeout(() => this.child.kill('SIGKILL'), graceMs);
+    const status = await this.exited;
+    clearTimeout(timer);
+    return status;
+  }
+}
+
+export interface ServerPorts {
+  tcp?: readonly number[];
+  udp?: readonly number[];
+}
+
+/** Starts echo servers and resolves once they listen on IPv4 and IPv6. */
+export async function startProbeServer(
+  sandbox: Sandbox,
+  origin: ProbeOrigin,
+  ports: ServerPorts,
+  opts: { readyTimeoutMs?: number } = {},
+): Promise<ProbeProcess> {
+  const args = ['serve', ...(ports.tcp ?? []).flatMap((p) => ['--tcp', String(p)]), ...(ports.udp ?? []).flatMap((p) => ['--udp', String(p)])];
+  const proc = new ProbeProcess(spawnProbe(sandbox, origin, args));
+  try {
+    const ev = await proc.waitFor((e) => e.event === 'listening' || e.event === 'error', opts.readyTimeoutMs ?? 10_000);
+    if (ev.event === 'error') throw new Error(`probe server failed: ${JSON.stringify(ev)}`);
+  } catch (e) {
+    await proc.stop();
+    throw e;
+  }
+  return proc;
+}
+
+/** Opens a long-lived TCP connection that sends a line every interval; resolves once connected. */
+export async function startTcpStream(
+  sandbox: Sandbox,
+  origin: ProbeOrigin,
+  address: string,
+  port: number,
+  opts: { intervalMs?: number; echoTimeoutMs?: number; count?: number } = {},
+): Promise<ProbeProcess> {
+  const args = ['tcp-stream', address, String(port), '--interval', String(opts.intervalMs ?? 100)];
+  if (opts.echoTimeoutMs !== undefined) args.push('--echo-timeout', String(opts.echoTimeoutMs));
+  if (opts.count !== undefined) args.push('--count', String(opts.count));
+  const proc = new ProbeProcess(spawnProbe(sandbox, origin, args));
+  const ev = await proc.waitFor((e) => e.event === 'connected' || e.event === 'error', 10_000);
+  if (ev.event === 'error') {
+    await proc.stop();
+    throw new Error(`tcp-stream to ${address}:${port} failed: ${JSON.stringify(ev)}`);
+  }
+  return proc;
+}
