@@ -87,11 +87,12 @@ function buildNative() {
   const gyp = join(root, 'node_modules/node-gyp/bin/node-gyp.js');
   if (!existsSync(gyp)) fail('node-gyp is missing: run npm ci');
   const nd = nodeDir();
-  const argv = [gyp, 'rebuild', '-j', '2'];
-  if (nd) argv.push(`--nodedir=${nd}`);
-  else fail('Node.js headers not found (/usr/include/node). Install them: sudo sh scripts/bootstrap.sh');
-  console.log('weir build: node-gyp rebuild (native addon)');
-  run(process.execPath, argv);
+  if (!nd) fail('Node.js headers not found (/usr/include/node). Install them: sudo sh scripts/bootstrap.sh');
+  // configure + build, not rebuild: rebuild's clean step deletes all of
+  // build/, including the BPF objects built next to the addon.
+  console.log('weir build: node-gyp configure + build (native addon)');
+  run(process.execPath, [gyp, 'configure', `--nodedir=${nd}`]);
+  run(process.execPath, [gyp, 'build', '-j', '2', `--nodedir=${nd}`]);
 }
 
 function buildTs() {
