@@ -187,7 +187,12 @@ async function udpSend(args: Args): Promise<void> {
   };
   if (args.bools.has('connect')) {
     // connect() runs the connect4/6 hooks; plain sendto() the sendmsg4/6 hooks.
-    sock.connect(port, addr, () => sock.send(payload, afterSend));
+    // Node calls back with the error when connect() is refused (EPERM from
+    // the connect hook); the socket is then unconnected and must not send.
+    sock.connect(port, addr, (e?: Error) => {
+      if (e) finish({ ...base, ok: false, sent: false, echo: false, code: errCode(e), ms: elapsed(t0) });
+      else sock.send(payload, afterSend);
+    });
   } else {
     sock.send(payload, port, addr, afterSend);
   }
