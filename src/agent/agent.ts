@@ -2,6 +2,7 @@
 // the policy and writes the difference to the datapath; violation events
 // from the kernel are enriched with pod, workload, domain, policy and rule
 // and reported (log line, metrics).
+import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { Logger } from 'pino';
 import { Registry } from 'prom-client';
@@ -50,7 +51,10 @@ export interface Violation {
   port: number | null;
   source: string;
   pid: number;
+  /** The process name (/proc/PID/comm of the thread group), else the thread's. */
   command: string;
+  /** The name of the thread that made the call, as the kernel saw it. */
+  thread: string;
   count: number;
   hook: string;
   generation: number;
@@ -322,7 +326,8 @@ export class Agent {
       port: PORTED.has(e.proto) ? e.dport : null,
       source: bytesToAddress(family, e.src),
       pid: e.pid,
-      command: e.comm,
+      command: processName(e.pid) ?? e.comm,
+      thread: e.comm,
       count: e.count,
       hook: HOOK_NAMES[e.hook] ?? String(e.hook),
       generation: e.generation,
@@ -391,6 +396,16 @@ export class Agent {
     this.datapath.drainEvents();
     this.datapath.close();
     this.log.info('agent stopped; pinned programs keep enforcing the last policy');
+  }
+}
+
+/** The kernel reports the calling thread's name (Node's main thread is "MainThread"); name the process instead. */
+function processName(pid: number): string | null {
+  if (pid <= 0) return null;
+  try {
+    return readFileSync(`/proc/${pid}/comm`, 'utf8').trim() || null;
+  } catch {
+    return null; // the process is gone
   }
 }
 
