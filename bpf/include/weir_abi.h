@@ -297,7 +297,7 @@ struct weir_config {
 	__u32 pod_level_hi;	/* level of burstable/besteffort pods (kubepods + 2) */
 	__u64 event_interval_ns;/* one event per flow per interval */
 	__u64 ct_timeout_ns;	/* idle timeout of inbound-flow tracking */
-	__u32 max_endpoints;	/* size of the counter table / WEIR_VERDICT__MAX */
+	__u32 max_endpoints;	/* counter table entries / WEIR_COUNTER_STRIDE */
 	__u32 flags;		/* WEIR_CFG_F_* */
 };
 _Static_assert(sizeof(struct weir_config) == 32, "weir_config");

@@ -69,6 +69,8 @@ static __always_inline void weir_report(const struct weir_pod_value *pod, __u32 
 
 		if (bpf_map_update_elem(&weir_agg, &ak, &nv, BPF_NOEXIST))
 			weir_stat_inc(WEIR_STAT_AGG_INSERT_FAILED);
+		/* Keep a pointer so a lost first event is carried forward too. */
+		av = bpf_map_lookup_elem(&weir_agg, &ak);
 	}
 
 	e = bpf_ringbuf_reserve(&weir_events, sizeof(*e), 0);

@@ -1,0 +1,115 @@
+// Proves the TypeScript encoders and codes match the C layout as the addon
+// reports it (native/abi.cc, itself checked against the header in abi.test.ts).
+import { describe, expect, it } from 'vitest';
+import { abi } from '../../src/native/abi.js';
+import {
+  CONST,
+  OFFSETS,
+  SIZES,
+  STAT_NAMES,
+  decodeCtKey,
+  decodeEvent,
+  decodePortClass,
+  decodeSetValue,
+  decodePodValue,
+  encodeConfig,
+  encodeCtKey,
+  encodePodValue,
+  encodePortClass,
+  encodeSetValue,
+} from '../../src/datapath/abi.js';
+import { REASON_CODES, VERDICT_CODES } from '../../src/policy/verdict.js';
+import {
+  BIT_A_ALLOW,
+  BIT_A_DENY,
+  BIT_E_ALLOW,
+  BIT_E_DENY,
+  PORT_RANGES_MAX,
+  SET_F_A_ISOLATED,
+  SET_F_E_ISOLATED,
+  SET_F_VALID,
+} from '../../src/policy/compile.js';
+import { SLOT_CHILD, FANOUT } from '../../src/datapath/trie.js';
+
+const info = abi();
+const c = (name: string): number => {
+  const v = info.constants[name];
+  if (v === undefined) throw new Error(`addon has no constant ${name}`);
+  return Number(v);
+};
+
+describe('TypeScript ABI matches the C structs', () => {
+  it('every struct size the encoders use equals the C size', () => {
+    for (const [name, size] of Object.entries(SIZES)) expect(info.sizes[name], name).toBe(size);
+  });
+
+  it('every field offset the encoders use equals the C offset', () => {
+    for (const [field, off] of Object.entries(OFFSETS)) expect(info.offsets[field], field).toBe(off);
+  });
+
+  it('constants, verdict and reason codes, bits and flags equal the C values', () => {
+    for (const [name, v] of Object.entries(CONST)) expect(c(name), name).toBe(v);
+    expect(c('WEIR_VERDICT_ALLOW')).toBe(VERDICT_CODES.allow);
+    expect(c('WEIR_VERDICT_DROP')).toBe(VERDICT_CODES.drop);
+    expect(c('WEIR_VERDICT_AUDIT')).toBe(VERDICT_CODES.audit);
+    expect(c('WEIR_VERDICT_REPLY')).toBe(VERDICT_CODES.reply);
+    const reasons: Record<string, keyof typeof REASON_CODES> = {
+      WEIR_REASON_NOT_ISOLATED: 'not-isolated',
+      WEIR_REASON_ALLOW_RULE: 'allow-rule',
+      WEIR_REASON_DENY_RULE: 'deny-rule',
+      WEIR_REASON_DEFAULT_DENY: 'default-deny',
+      WEIR_REASON_REPLY: 'reply',
+      WEIR_REASON_AUDIT_DENY_RULE: 'audit-deny-rule',
+      WEIR_REASON_AUDIT_DEFAULT_DENY: 'audit-default-deny',
+      WEIR_REASON_NO_POLICY_SET: 'no-policy-set',
+    };
+    for (const [cname, ts] of Object.entries(reasons)) expect(c(cname), cname).toBe(REASON_CODES[ts]);
+    expect(Object.keys(REASON_CODES).length).toBe(c('WEIR_REASON__MAX') - 1);
+    expect([BIT_E_DENY, BIT_E_ALLOW, BIT_A_DENY, BIT_A_ALLOW]).toEqual(
+      ['WEIR_BIT_E_DENY', 'WEIR_BIT_E_ALLOW', 'WEIR_BIT_A_DENY', 'WEIR_BIT_A_ALLOW'].map(c),
+    );
+    expect([SET_F_VALID, SET_F_E_ISOLATED, SET_F_A_ISOLATED]).toEqual(
+      ['WEIR_SET_F_VALID', 'WEIR_SET_F_E_ISOLATED', 'WEIR_SET_F_A_ISOLATED'].map(c),
+    );
+    expect(PORT_RANGES_MAX).toBe(c('WEIR_PORT_RANGES_MAX'));
+    expect(SLOT_CHILD).toBe(c('WEIR_SLOT_CHILD'));
+    expect(FANOUT).toBe(c('WEIR_TRIE_FANOUT'));
+    expect(STAT_NAMES.length).toBe(c('WEIR_STAT__MAX'));
+    expect(STAT_NAMES.indexOf('events_lost')).toBe(c('WEIR_STAT_EVENTS_LOST'));
+    expect(STAT_NAMES.indexOf('events_sent')).toBe(c('WEIR_STAT_EVENTS_SENT'));
+    expect(STAT_NAMES.indexOf('events_aggregated')).toBe(c('WEIR_STAT_EVENTS_AGGREGATED'));
+    expect(STAT_NAMES.indexOf('parse_errors')).toBe(c('WEIR_STAT_PARSE_ERRORS'));
+    expect(STAT_NAMES.indexOf('fragments')).toBe(c('WEIR_STAT_FRAGMENTS'));
+  });
+});
+
+describe('encoders round-trip', () => {
+  it('pod, set, port class and conntrack key', () => {
+    const pod = { setId: 7, endpointId: 4095, flags: 1 };
+    expect(decodePodValue(encodePodValue(pod))).toEqual(pod);
+    const set = { root4: 12, root6: 0x7fffffff, flags: 7, generation: 0xfffffffe };
+    expect(decodeSetValue(encodeSetValue(set))).toEqual(set);
+    const cls = { anyBits: 2, ranges: [{ proto: 6, bits: 1, lo: 80, hi: 90 }, { proto: 17, bits: 8, lo: 53, hi: 53 }] };
+    expect(decodePortClass(encodePortClass(cls))).toEqual(cls);
+    const ct = { endpointId: 3, family: 10, proto: 17, localPort: 53, remotePort: 40000, remote: Uint8Array.from({ length: 16 }, (_, i) => i) };
+    expect(decodeCtKey(encodeCtKey(ct))).toEqual(ct);
+    expect(encodeConfig({ podLevelLo: 2, podLevelHi: 3, eventIntervalNs: 1n, ctTimeoutNs: 2n, maxEndpoints: 9, flags: 1 }).length).toBe(SIZES.weir_config);
+  });
+
+  it('a port class with more ranges than the kernel holds is refused', () => {
+    const ranges = Array.from({ length: PORT_RANGES_MAX + 1 }, (_, i) => ({ proto: 6, bits: 2, lo: i * 2, hi: i * 2 }));
+    expect(() => encodePortClass({ anyBits: 0, ranges })).toThrow(/at most 64 ranges/);
+  });
+
+  it('decodes an event record laid out at the C offsets', () => {
+    const b = Buffer.alloc(SIZES.weir_event);
+    b.writeUInt8(1, OFFSETS['weir_event.type']);
+    b.writeUInt8(2, OFFSETS['weir_event.verdict']);
+    b.writeUInt32LE(42, OFFSETS['weir_event.pid']);
+    b.writeUInt16LE(443, OFFSETS['weir_event.dport']);
+    b.write('curl', OFFSETS['weir_event.comm']);
+    b.writeBigUInt64LE(99n, OFFSETS['weir_event.cgroup_id']);
+    const e = decodeEvent(b);
+    expect(e).toMatchObject({ type: 1, verdict: 2, pid: 42, dport: 443, comm: 'curl', cgroupId: 99n });
+  });
+});
