@@ -199,6 +199,17 @@ describe('cgroup_skb/egress verdicts', () => {
     expect(send(guaranteed, { src: '10.244.0.11', dst: '10.20.1.1', dport: 443 })).toBe(1);
   });
 
+  it('pods selected by the same policies share one compiled set in the maps', () => {
+    const eps = bed.dp.writer.endpoints();
+    const setOf = (p: TestPod): string | undefined => eps.find((e) => e.uid === p.uid)?.setKey;
+    expect(setOf(trainer)).toBeDefined();
+    expect(setOf(guaranteed)).toBe(setOf(trainer));
+    expect(bed.dp.writer.setIdOf(setOf(trainer) ?? '')).toBe(bed.dp.writer.setIdOf(setOf(guaranteed) ?? ''));
+    expect(setOf(auditor)).not.toBe(setOf(trainer));
+    // 4 pods, 3 distinct sets (train-data, serving-audit, none).
+    expect(bed.dp.writer.usage().weir_sets?.used).toBe(3);
+  });
+
   it('replies to a flow that reached the pod from outside pass as replies, not violations', () => {
     // Inbound SYN from an outside client to the trainer's port 8080 ...
     const syn = packet({ src: '203.0.113.77', dst: TRAINER_IP, proto: IPPROTO.TCP, sport: 50000, dport: 8080, tcpFlags: TCP_SYN });
