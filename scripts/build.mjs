@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Builds everything weir needs at run time, skipping what is up to date:
 //   bpf/*.bpf.c  -> build/bpf/*.bpf.o      (clang -target bpf -O2 -g)
-//   test/fixtures/*.bpf.c -> build/bpf/fixtures/*.bpf.o
+//   test/fixtures/*.bpf.c -> build/bpf/fixtures/*.bpf.o, bench/bpf/*.bpf.c -> build/bpf/bench/
 //   native/      -> build/Release/weir.node (node-gyp, system libbpf)
 //   src/         -> dist/                   (tsc)
 // Usage: node scripts/build.mjs [--force] [bpf|native|ts ...]
@@ -50,6 +50,7 @@ function buildBpf() {
   for (const [srcDir, outDir] of [
     ['bpf', 'build/bpf'],
     ['test/fixtures', 'build/bpf/fixtures'],
+    ['bench/bpf', 'build/bpf/bench'],
   ]) {
     const dir = join(root, srcDir);
     if (!existsSync(dir)) continue;
