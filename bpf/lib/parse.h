@@ -26,17 +26,87 @@ struct weir_l4 {
 #define WEIR_TCP_SYN 0x02
 #define WEIR_TCP_ACK 0x10
 
+static __always_inline void weir_l4_fast(const __u8 *l4h, __u8 proto, struct weir_flow *f, struct weir_l4 *l4)
+{
+	switch (proto) {
+	case IPPROTO_TCP:
+		l4->tcp_flags = l4h[13];
+		/* fallthrough */
+	case IPPROTO_UDP:
+	case IPPROTO_SCTP:
+		f->sport = (__u16)l4h[0] << 8 | l4h[1];
+		f->dport = (__u16)l4h[2] << 8 | l4h[3];
+		f->has_ports = 1;
+		break;
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6:
+		l4->icmp_type = l4h[0];
+		__builtin_memcpy(&l4->icmp_id, &l4h[4], 2);
+		break;
+	default:
+		break;
+	}
+}
+
+/*
+ * Fast path: the common packet (IPv4 without options or IPv6 without
+ * extension headers, not a fragment, headers in the linear area) read with
+ * direct packet access, no helper calls. Returns 1 when the packet needs the
+ * general parser below.
+ */
+static __always_inline int weir_parse_fast(struct __sk_buff *skb, struct weir_flow *f, struct weir_l4 *l4)
+{
+	const __u8 *data = (const __u8 *)(long)skb->data;
+	const __u8 *end = (const __u8 *)(long)skb->data_end;
+
+	if (skb->protocol == bpf_htons(0x0800)) {
+		/* 20-byte IP header + 14 bytes of L4 (TCP flags are byte 13). */
+		if (data + 34 > end)
+			return 1;
+		if (data[0] != 0x45 || ((data[6] & 0x1f) | data[7]))
+			return 1;
+		f->family = AF_INET;
+		f->proto = data[9];
+		__builtin_memcpy(f->src, data + 12, 4);
+		__builtin_memcpy(f->dst, data + 16, 4);
+		weir_l4_fast(data + 20, f->proto, f, l4);
+		return 0;
+	}
+	if (skb->protocol == bpf_htons(0x86DD)) {
+		__u8 nh;
+
+		if (data + 54 > end)
+			return 1;
+		nh = data[6];
+		if ((data[0] >> 4) != 6 ||
+		    (nh != IPPROTO_TCP && nh != IPPROTO_UDP && nh != IPPROTO_SCTP && nh != IPPROTO_ICMPV6))
+			return 1;
+		f->family = AF_INET6;
+		f->proto = nh;
+		__builtin_memcpy(f->src, data + 8, 16);
+		__builtin_memcpy(f->dst, data + 24, 16);
+		weir_l4_fast(data + 40, nh, f, l4);
+		return 0;
+	}
+	return 1;
+}
+
 /*
  * Parse the packet a cgroup_skb program sees (it starts at the IP header).
- * bpf_skb_load_bytes is used rather than direct packet access so that
- * non-linear skbs (GSO, paged data) parse the same way. Returns 0 on
- * success, -1 for a packet that is not IPv4/IPv6 or is truncated.
+ * The general path uses bpf_skb_load_bytes so that non-linear skbs (GSO,
+ * paged data), IP options and IPv6 extension headers parse the same way.
+ * Returns 0 on success, -1 for a packet that is not IPv4/IPv6 or is
+ * truncated.
  */
 static __always_inline int weir_parse_skb(struct __sk_buff *skb, struct weir_flow *f, struct weir_l4 *l4)
 {
 	__u32 off;
 	__u8 proto;
 
+	__builtin_memset(f, 0, sizeof(*f));
+	__builtin_memset(l4, 0, sizeof(*l4));
+	if (!weir_parse_fast(skb, f, l4))
+		return 0;
 	__builtin_memset(f, 0, sizeof(*f));
 	__builtin_memset(l4, 0, sizeof(*l4));
 
