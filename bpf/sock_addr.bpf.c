@@ -8,6 +8,7 @@
  */
 #include "lib/common.h"
 #include "lib/identity.h"
+#include "lib/parse.h"
 #include "lib/policy.h"
 #include "lib/conntrack.h"
 #include "lib/report.h"
@@ -60,18 +61,8 @@ static __always_inline int weir_sock_verdict(struct bpf_sock_addr *ctx, __u8 fam
 
 	weir_remember_owner(ctx);
 	/* Loopback inside the pod is never touched. */
-	if ((family == AF_INET && f.dst[0] == 127)) {
+	if (weir_is_loopback(&f))
 		return 1;
-	}
-	if (family == AF_INET6) {
-		int lo = f.dst[15] == 1;
-
-		for (int i = 0; i < 15; i++)
-			if (f.dst[i])
-				lo = 0;
-		if (lo)
-			return 1;
-	}
 
 	weir_judge(pod, &f, &d, &generation);
 	if (d.verdict == WEIR_VERDICT_DROP || d.verdict == WEIR_VERDICT_AUDIT) {
