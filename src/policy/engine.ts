@@ -4,10 +4,13 @@
 import type {
   ClusterEgressPolicy,
   EgressPolicy,
+  EndpointSlice,
   Namespace,
   NetworkPolicy,
   Pod,
+  Service,
 } from '../model/types.js';
+import { serviceEntries, serviceFrontends, type ServiceFrontend } from './services.js';
 import {
   BIT_A_ALLOW,
   BIT_A_DENY,
@@ -42,6 +45,8 @@ export interface PolicyInputs {
   networkPolicies(): Iterable<NetworkPolicy>;
   egressPolicies(): Iterable<EgressPolicy>;
   clusterEgressPolicies(): Iterable<ClusterEgressPolicy>;
+  services(): Iterable<Service>;
+  endpointSlices(): Iterable<EndpointSlice>;
 }
 
 export interface DesiredPod {
@@ -141,6 +146,7 @@ export class PolicyEngine {
       namespaceLabels: (n) => nsLabels.get(n),
     };
 
+    const frontends = serviceFrontends([...inputs.services()], [...inputs.endpointSlices()]);
     const pods: DesiredPod[] = [];
     const sets = new Map<string, DesiredSet>();
     for (const pod of allPods) {
@@ -152,7 +158,7 @@ export class PolicyEngine {
       // Ingress) play no part in egress and must not split sets.
       const egress = selecting.filter((p) => p.isolatesEgress);
       const key = egress.map((p) => p.id).join('\n');
-      if (!sets.has(key)) sets.set(key, compileSet(key, egress, dir));
+      if (!sets.has(key)) sets.set(key, compileSet(key, egress, dir, frontends));
       pods.push({ uid, namespace: pod.metadata.namespace, name: pod.metadata.name, pod, setKey: key });
     }
     return { pods, sets, policies, problems };
@@ -187,12 +193,22 @@ function portsMatch(ports: PortRange[] | null, proto: number, port: number | nul
   return ports.some((r) => r.proto === proto && r.lo <= port && port <= r.hi);
 }
 
-function compileSet(key: string, policies: Policy[], dir: PeerDirectory): DesiredSet {
+function compileSet(key: string, policies: Policy[], dir: PeerDirectory, frontends: ServiceFrontend[]): DesiredSet {
   const flags = setFlags(policies);
   try {
     const es = compileEntries(policies, dir);
-    const v4 = flatten(es, 4);
-    const v6 = flatten(es, 6);
+    // Services are judged by their backends under the rules above, so their
+    // entries are derived from a first flattening and then added.
+    let v4 = flatten(es, 4);
+    let v6 = flatten(es, 6);
+    if (frontends.length > 0 && es.length > 0) {
+      const svc = serviceEntries(frontends, v4, v6);
+      if (svc.length > 0) {
+        es.push(...svc);
+        v4 = flatten(es, 4);
+        v6 = flatten(es, 6);
+      }
+    }
     for (const f of [...v4, ...v6]) {
       if (f.cls.ranges.length > PORT_RANGES_MAX) {
         throw new CompileError(

@@ -15,7 +15,7 @@ import type {
 import { compileSelector } from '../model/selectors.js';
 import { parsePrefix, type Prefix } from './prefix.js';
 
-export type PolicyKind = 'NetworkPolicy' | 'EgressPolicy' | 'ClusterEgressPolicy';
+export type PolicyKind = 'NetworkPolicy' | 'EgressPolicy' | 'ClusterEgressPolicy' | 'Service';
 export type RuleKind = 'allow' | 'deny';
 type LabelMatcher = (labels: Record<string, string> | undefined) => boolean;
 
@@ -148,5 +148,6 @@ export function normalizeClusterEgressPolicy(cp: ClusterEgressPolicy): Policy {
 }
 
 export function describeRule(p: Policy, r: Rule): string {
+  if (p.kind === 'Service') return `${p.id} (every ready backend allowed)`;
   return `${p.id} ${r.kind === 'allow' ? 'egress' : 'deny'}[${r.index}]`;
 }

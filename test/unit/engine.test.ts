@@ -118,4 +118,56 @@ describe('PolicyEngine', () => {
     expect(x).toMatchObject({ verdict: 'drop', reason: 'deny-rule', selectedBy: ['EgressPolicy/x/p2'] });
     expect(x.matches.map((m) => m.rule).sort()).toEqual(['EgressPolicy/x/p2 deny[0]', 'EgressPolicy/x/p2 egress[0]']);
   });
+
+  describe('Services', () => {
+    const svc = (ready: boolean[] = [true, true]): unknown[] => [
+      { apiVersion: 'v1', kind: 'Service', metadata: { name: 'api', namespace: 'y' }, spec: { clusterIP: '10.96.0.10', ports: [{ name: 'http', port: 80, targetPort: 81 }] } },
+      {
+        apiVersion: 'discovery.k8s.io/v1',
+        kind: 'EndpointSlice',
+        metadata: { name: 'api-1', namespace: 'y', labels: { 'kubernetes.io/service-name': 'api' } },
+        addressType: 'IPv4',
+        endpoints: [
+          { addresses: ['10.0.0.2'], conditions: { ready: ready[0] } },
+          { addresses: ['10.0.0.3'], conditions: { ready: ready[1] } },
+        ],
+        ports: [{ name: 'http', port: 81 }],
+      },
+    ];
+    const allowTo = (peers: unknown[], ports: unknown[] = [{ port: 81 }]): unknown => ({
+      apiVersion: 'weir.dev/v1alpha1',
+      kind: 'EgressPolicy',
+      metadata: { name: 'p', namespace: 'x' },
+      spec: { podSelector: { matchLabels: { app: 'a' } }, egress: [{ to: peers, ports }] },
+    });
+
+    it('a ClusterIP:port is allowed only when every ready backend is allowed on the target port', () => {
+      const both = world([...base, ...svc(), allowTo([{ namespaceSelector: {}, podSelector: { matchLabels: { app: 'b' } } }])]);
+      expect(verdict(both, 'x/a', '10.96.0.10', 6, 80)).toBe('allow');
+      expect(verdict(both, 'x/a', '10.96.0.10', 6, 81)).toBe('drop'); // not a Service port
+      const one = world([...base, ...svc(), allowTo([{ podSelector: { matchLabels: { app: 'b' } } }])]); // only x/b
+      expect(verdict(one, 'x/a', '10.96.0.10', 6, 80)).toBe('drop');
+      const wrongPort = world([...base, ...svc(), allowTo([{ namespaceSelector: {}, podSelector: { matchLabels: { app: 'b' } } }], [{ port: 80 }])]);
+      expect(verdict(wrongPort, 'x/a', '10.96.0.10', 6, 80)).toBe('drop'); // backends listen on 81
+    });
+
+    it('backends that are not ready do not count', () => {
+      const s = world([...base, ...svc([true, false]), allowTo([{ podSelector: { matchLabels: { app: 'b' } } }])]);
+      expect(verdict(s, 'x/a', '10.96.0.10', 6, 80)).toBe('allow');
+    });
+
+    it('an ipBlock covering the ClusterIP itself allows it', () => {
+      const s = world([...base, ...svc(), allowTo([{ ipBlock: { cidr: '10.96.0.0/12' } }], [{ port: 80 }])]);
+      expect(verdict(s, 'x/a', '10.96.0.10', 6, 80)).toBe('allow');
+    });
+
+    it('explain names the Service when its backends decide', () => {
+      const s = world([...base, ...svc(), allowTo([{ namespaceSelector: {}, podSelector: { matchLabels: { app: 'b' } } }])]);
+      const e = new PolicyEngine('n1');
+      const st = e.compute(s);
+      const a = st.pods.find((p) => p.name === 'a');
+      if (!a) throw new Error('no pod');
+      expect(e.explain(st, a, '10.96.0.10', 6, 80).matches.map((m) => m.rule)).toEqual(['Service/y/api (every ready backend allowed)']);
+    });
+  });
 });
