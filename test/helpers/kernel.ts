@@ -113,6 +113,38 @@ export class KernelBed {
     return pod;
   }
 
+  /** Adds a Pod object as given (uid, QoS) and creates its kubelet-style cgroup. */
+  addPodObject(raw: unknown): TestPod {
+    const obj = parseObject(raw);
+    if (obj.kind !== 'Pod' || !obj.metadata.uid) throw new Error('addPodObject needs a Pod with a uid');
+    const uid = obj.metadata.uid;
+    const qos = obj.status?.qosClass ?? 'BestEffort';
+    const dir = qos === 'Guaranteed' ? join(this.podsRoot, `pod${uid}`) : join(this.podsRoot, qos.toLowerCase(), `pod${uid}`);
+    mkdirSync(dir, { recursive: true });
+    this.store.upsert(obj);
+    const pod: TestPod = {
+      uid,
+      namespace: obj.metadata.namespace,
+      name: obj.metadata.name,
+      dir,
+      container: (c = 'main') => {
+        const cd = join(dir, c);
+        mkdirSync(cd, { recursive: true });
+        return cd;
+      },
+    };
+    this.pods.push(pod);
+    return pod;
+  }
+
+  /** Forgets every object (pods' cgroups stay for reuse). */
+  clearModel(): void {
+    for (const kind of ['NetworkPolicy', 'EgressPolicy', 'ClusterEgressPolicy', 'Pod', 'Namespace', 'Service', 'EndpointSlice'] as const) {
+      for (const o of this.store.list(kind)) this.store.delete(kind, o.metadata.namespace, o.metadata.name);
+    }
+    this.pods.length = 0;
+  }
+
   add(...raw: unknown[]): void {
     for (const r of raw) this.store.upsert(parseObject(r));
   }
