@@ -14,6 +14,7 @@ export class UsageError extends Error {}
 const commands: Record<string, () => Promise<Command>> = {
   agent: async () => (await import('./agent-command.js')).agentCommand,
   sandbox: async () => (await import('./sandbox-command.js')).sandboxCommand,
+  explain: async () => (await import('./explain-command.js')).explainCommand,
 };
 
 function mainHelp(): string {
@@ -24,6 +25,7 @@ Usage: weir <command> [options]
 Commands:
   agent      run the node agent (loads and attaches the BPF datapath)
   sandbox    build a simulated node on this machine and run the agent on it
+  explain    show the verdict for one flow and the policies and rules behind it
 
 Run 'weir <command> --help' for the options of a command.
 `;

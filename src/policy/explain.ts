@@ -1,0 +1,95 @@
+// `weir explain`: which verdict a pod gets for a destination, and the
+// policies and rules that decide it. Destinations: IP:PORT/PROTO, IP/PROTO,
+// [IPv6]:PORT/PROTO, or NS/POD:PORT[/PROTO] where PORT may be a container
+// port name of that pod. PROTO defaults to TCP.
+import { isIP } from 'node:net';
+import type { Pod } from '../model/types.js';
+import { podIPs } from './compile.js';
+import { PolicyEngine, describeBits, type DesiredState, type Explanation, type PolicyInputs } from './engine.js';
+
+const PROTOS: Record<string, number> = { TCP: 6, UDP: 17, SCTP: 132, ICMP: 1, ICMPV6: 58 };
+const PORTED = new Set([6, 17, 132]);
+
+export interface Destination {
+  ip: string;
+  proto: number;
+  protoName: string;
+  port: number | null;
+  pod?: string;
+}
+
+export class ExplainError extends Error {}
+
+function parseProto(s: string | undefined, ip: string): { proto: number; name: string } {
+  const name = (s ?? 'TCP').toUpperCase();
+  const proto = PROTOS[name === 'ICMP' && isIP(ip) === 6 ? 'ICMPV6' : name];
+  if (proto === undefined) throw new ExplainError(`unknown protocol ${JSON.stringify(s)} (TCP, UDP, SCTP, ICMP)`);
+  return { proto, name };
+}
+
+function findPod(pods: Iterable<Pod>, ref: string): Pod {
+  const [ns, name] = ref.split('/');
+  for (const p of pods) if (p.metadata.namespace === ns && p.metadata.name === name) return p;
+  throw new ExplainError(`pod ${ref} not found`);
+}
+
+export function parseDestination(to: string, pods: Iterable<Pod>): Destination {
+  // NS/POD:PORT[/PROTO]
+  const podRef = /^([a-z0-9][-a-z0-9.]*)\/([a-z0-9][-a-z0-9.]*)(?::([A-Za-z0-9-]+))?(?:\/([A-Za-z0-9]+))?$/.exec(to);
+  if (podRef && !isIP(podRef[1] ?? '')) {
+    const pod = findPod(pods, `${podRef[1]}/${podRef[2]}`);
+    const ip = podIPs(pod)[0];
+    if (!ip) throw new ExplainError(`pod ${podRef[1]}/${podRef[2]} has no IP`);
+    const { proto, name } = parseProto(podRef[4], ip);
+    let port: number | null = null;
+    if (podRef[3] !== undefined) {
+      if (/^\d+$/.test(podRef[3])) port = Number(podRef[3]);
+      else {
+        const cp = pod.spec.containers.flatMap((c) => c.ports ?? []).find((x) => x.name === podRef[3] && (podRef[4] === undefined || x.protocol === name));
+        if (!cp) throw new ExplainError(`pod ${podRef[1]}/${podRef[2]} has no container port named ${podRef[3]}`);
+        port = cp.containerPort;
+      }
+    }
+    return { ip, proto, protoName: name, port: PORTED.has(proto) ? port : null, pod: `${podRef[1]}/${podRef[2]}` };
+  }
+  // [v6]:PORT/PROTO, v4:PORT/PROTO, IP/PROTO, IP
+  const m = /^(?:\[([^\]]+)\]|([^/:]+|[0-9a-fA-F:]+?))(?::(\d+))?(?:\/([A-Za-z0-9]+))?$/.exec(to);
+  const ip = m?.[1] ?? m?.[2];
+  if (!m || !ip || !isIP(ip)) {
+    throw new ExplainError(`cannot read destination ${JSON.stringify(to)}: expected IP:PORT/PROTO, [IPv6]:PORT/PROTO or NS/POD:PORT`);
+  }
+  const { proto, name } = parseProto(m[4], ip);
+  const port = m[3] !== undefined ? Number(m[3]) : null;
+  if (port !== null && (port < 1 || port > 65535)) throw new ExplainError(`port ${port} out of range`);
+  if (PORTED.has(proto) && port === null) throw new ExplainError(`${name} needs a port: ${ip}:PORT/${name}`);
+  return { ip, proto, protoName: name, port: PORTED.has(proto) ? port : null };
+}
+
+export interface ExplainResult extends Explanation {
+  from: string;
+  to: Destination;
+}
+
+export function explain(inputs: PolicyInputs, from: string, to: string): ExplainResult {
+  const engine = new PolicyEngine(null);
+  const state: DesiredState = engine.compute(inputs);
+  const src = findPod(inputs.pods(), from);
+  const dp = state.pods.find((p) => p.uid === src.metadata.uid);
+  if (!dp) throw new ExplainError(`pod ${from} is not governed (no uid, host network, or finished)`);
+  const dst = parseDestination(to, inputs.pods());
+  return { ...engine.explain(state, dp, dst.ip, dst.proto, dst.port), from, to: dst };
+}
+
+export function formatExplanation(r: ExplainResult): string {
+  const where = `${r.to.ip.includes(':') ? `[${r.to.ip}]` : r.to.ip}${r.to.port !== null ? `:${r.to.port}` : ''}/${r.to.protoName}${r.to.pod ? ` (${r.to.pod})` : ''}`;
+  const lines = [`${r.from} -> ${where}`, `verdict: ${r.verdict} (${r.reason})`];
+  lines.push(`selected by: ${r.selectedBy.length > 0 ? r.selectedBy.join(', ') : 'no egress policy (not isolated)'}`);
+  if (r.bits) lines.push(`rule classes at the destination: ${describeBits(r.bits).join(', ')}`);
+  if (r.matches.length > 0) {
+    lines.push('matching rules:');
+    for (const m of r.matches) lines.push(`  ${m.kind.padEnd(5)} ${m.rule} (${m.mode})`);
+  } else if (r.selectedBy.length > 0) {
+    lines.push('matching rules: none');
+  }
+  return `${lines.join('\n')}\n`;
+}
