@@ -52,14 +52,25 @@ export function parseDestination(to: string, pods: Iterable<Pod>): Destination {
     }
     return { ip, proto, protoName: name, port: PORTED.has(proto) ? port : null, pod: `${podRef[1]}/${podRef[2]}` };
   }
-  // [v6]:PORT/PROTO, v4:PORT/PROTO, IP/PROTO, IP
-  const m = /^(?:\[([^\]]+)\]|([^/:]+|[0-9a-fA-F:]+?))(?::(\d+))?(?:\/([A-Za-z0-9]+))?$/.exec(to);
-  const ip = m?.[1] ?? m?.[2];
-  if (!m || !ip || !isIP(ip)) {
+  // [v6]:PORT/PROTO, v4:PORT/PROTO, IP/PROTO, IP: split the protocol off
+  // first, then the port (a bare IPv6 address has colons of its own).
+  const slash = to.lastIndexOf('/');
+  const protoText = slash >= 0 ? to.slice(slash + 1) : undefined;
+  const hostPort = slash >= 0 ? to.slice(0, slash) : to;
+  let ip: string | undefined;
+  let portText: string | undefined;
+  const bracket = /^\[([^\]]+)\](?::(\d+))?$/.exec(hostPort);
+  if (bracket) [, ip, portText] = bracket;
+  else if (isIP(hostPort) === 6) ip = hostPort;
+  else {
+    const v4 = /^([^:]+)(?::(\d+))?$/.exec(hostPort);
+    if (v4) [, ip, portText] = v4;
+  }
+  if (!ip || !isIP(ip)) {
     throw new ExplainError(`cannot read destination ${JSON.stringify(to)}: expected IP:PORT/PROTO, [IPv6]:PORT/PROTO or NS/POD:PORT`);
   }
-  const { proto, name } = parseProto(m[4], ip);
-  const port = m[3] !== undefined ? Number(m[3]) : null;
+  const { proto, name } = parseProto(protoText, ip);
+  const port = portText !== undefined ? Number(portText) : null;
   if (port !== null && (port < 1 || port > 65535)) throw new ExplainError(`port ${port} out of range`);
   if (PORTED.has(proto) && port === null) throw new ExplainError(`${name} needs a port: ${ip}:PORT/${name}`);
   return { ip, proto, protoName: name, port: PORTED.has(proto) ? port : null };
