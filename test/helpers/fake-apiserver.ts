@@ -1,0 +1,739 @@
+// A stand-in kube-apiserver for tests (test code only): the list/watch
+// protocol over plain HTTP on 127.0.0.1, for the resources weir reads,
+// behaving the way the real server does where a client can tell:
+//
+// - One cluster-wide resourceVersion counter; every create, update and
+//   delete takes the next value. Lists carry it in metadata.resourceVersion.
+// - List items of built-in kinds have no apiVersion/kind (only the List
+//   does); custom resources (weir.dev) keep theirs.
+// - `?watch=true&resourceVersion=N` streams, chunked, one JSON object per
+//   line (`{"type": ..., "object": ...}`), every change after N, then live
+//   changes. Without a resourceVersion (or with "0") it first sends the
+//   current objects as ADDED.
+// - A resourceVersion older than the retained window is answered as the
+//   real server does: HTTP 200 and one ERROR event carrying a Status with
+//   code 410 (reason Expired), then the end of the stream. `goneAs: 'http'`
+//   answers HTTP 410 with a Status instead, as some paths of the real server do.
+//   The window: compact() drops every change so far; `windowSize` keeps only
+//   the latest N changes.
+// - `allowWatchBookmarks=true` gets BOOKMARK events (an object of the
+//   resource's kind with only metadata.resourceVersion, the current one)
+//   every bookmarkIntervalMs, and on bookmark().
+// - `fieldSelector` for pods (spec.nodeName, status.phase, metadata.*) and
+//   metadata.name / metadata.namespace elsewhere; an object that starts or
+//   stops matching is sent as ADDED / DELETED, as the real server does.
+//   Simple `labelSelector`s (k=v, k!=v, k, !k).
+// - `timeoutSeconds` ends the watch cleanly after that long.
+// - Bearer-token authentication (401 with a Status otherwise).
+// - Failures as Status objects: failNext(n, status, retryAfter) answers the
+//   next n matching requests with that status (and a Retry-After header).
+// - Discovery: /version, /api, /api/v1, /apis, /apis/<group>/<version>.
+//
+// Control: create/update/apply/delete, compact, dropWatches (cut every open
+// watch mid-stream), endWatches (end them cleanly), bookmark, failNext,
+// hangNext (accept a request and never answer),
+// serve/unserve (a CRD installed or not: 404), stop/start (an outage: the
+// state survives, the port is kept), and a request log so tests can assert
+// what a client asked for.
+
+import { randomBytes, randomUUID } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import { join } from 'node:path';
+
+export interface FakeResource {
+  plural: string;
+  group: string;
+  version: string;
+  kind: string;
+  listKind: string;
+  namespaced: boolean;
+  /** Built-in: list items are sent without apiVersion/kind. */
+  builtin: boolean;
+  /** Field selector labels the real server accepts for this resource. */
+  fields: readonly string[];
+}
+
+const META_FIELDS = ['metadata.name', 'metadata.namespace'] as const;
+
+export const FAKE_RESOURCES: readonly FakeResource[] = [
+  { plural: 'namespaces', group: '', version: 'v1', kind: 'Namespace', listKind: 'NamespaceList', namespaced: false, builtin: true, fields: [...META_FIELDS, 'status.phase'] },
+  { plural: 'pods', group: '', version: 'v1', kind: 'Pod', listKind: 'PodList', namespaced: true, builtin: true, fields: [...META_FIELDS, 'spec.nodeName', 'spec.restartPolicy', 'spec.schedulerName', 'spec.serviceAccountName', 'spec.hostNetwork', 'status.phase', 'status.podIP', 'status.nominatedNodeName'] },
+  { plural: 'services', group: '', version: 'v1', kind: 'Service', listKind: 'ServiceList', namespaced: true, builtin: true, fields: [...META_FIELDS, 'spec.clusterIP', 'spec.type'] },
+  { plural: 'endpointslices', group: 'discovery.k8s.io', version: 'v1', kind: 'EndpointSlice', listKind: 'EndpointSliceList', namespaced: true, builtin: true, fields: [...META_FIELDS] },
+  { plural: 'networkpolicies', group: 'networking.k8s.io', version: 'v1', kind: 'NetworkPolicy', listKind: 'NetworkPolicyList', namespaced: true, builtin: true, fields: [...META_FIELDS] },
+  { plural: 'egresspolicies', group: 'weir.dev', version: 'v1alpha1', kind: 'EgressPolicy', listKind: 'EgressPolicyList', namespaced: true, builtin: false, fields: [...META_FIELDS] },
+  { plural: 'clusteregresspolicies', group: 'weir.dev', version: 'v1alpha1', kind: 'ClusterEgressPolicy', listKind: 'ClusterEgressPolicyList', namespaced: false, builtin: false, fields: [...META_FIELDS] },
+];
+
+function apiVersionOf(r: FakeResource): string {
+  return r.group === '' ? r.version : `${r.group}/${r.version}`;
+}
+
+export type JsonObject = Record<string, unknown>;
+
+/** An object as tests hand it in: apiVersion optional (taken from the kind), kind and metadata.name required. */
+export interface FakeObjectInput {
+  apiVersion?: string;
+  kind: string;
+  metadata: { name: string; namespace?: string; [k: string]: unknown };
+  [k: string]: unknown;
+}
+
+export interface RequestRecord {
+  /** Date.now() when the request arrived. */
+  time: number;
+  method: string;
+  path: string;
+  query: Record<string, string>;
+  /** Plural resource name, for resource requests. */
+  resource?: string;
+  watch: boolean;
+  /** The resourceVersion query parameter, when given. */
+  resourceVersion?: string;
+  /** The HTTP status sent (0: not answered, see hangNext()). */
+  status: number;
+  authorized: boolean;
+}
+
+export interface FailureFilter {
+  resource?: string;
+  /** true: only watch requests; false: only lists and gets. */
+  watch?: boolean;
+}
+
+export interface FakeApiServerOptions {
+  /** The bearer token clients must send (default: random). */
+  token?: string;
+  /** BOOKMARK period for watches that allow them (default 1000 ms; 0: only on bookmark()). */
+  bookmarkIntervalMs?: number;
+  /** Retain only the latest N changes (default: all, until compact()). */
+  windowSize?: number;
+  /** How an expired resourceVersion is refused on a watch (default 'event'). */
+  goneAs?: 'event' | 'http';
+  /** First resourceVersion handed out is this plus one (default 1000). */
+  initialResourceVersion?: number;
+  /** Resources answered with 404, as when their CRD is not installed (see serve()/unserve()). */
+  unserved?: string[];
+}
+
+interface Change {
+  rv: number;
+  resource: FakeResource;
+  type: 'ADDED' | 'MODIFIED' | 'DELETED';
+  /** The object after the change (for DELETED: its last state, with the deletion's resourceVersion). */
+  object: JsonObject;
+  /** The object before the change (MODIFIED). */
+  old?: JsonObject;
+}
+
+interface Filter {
+  namespace?: string;
+  matches(o: JsonObject): boolean;
+}
+
+interface OpenWatch {
+  resource: FakeResource;
+  filter: Filter;
+  res: ServerResponse;
+  bookmarks: boolean;
+  timer?: NodeJS.Timeout;
+}
+
+interface FailureRule {
+  remaining: number;
+  /** 'hang': never answer. */
+  status: number | 'hang';
+  retryAfter?: number;
+  filter: FailureFilter;
+}
+
+const REASONS: Record<number, string> = {
+  400: 'BadRequest',
+  401: 'Unauthorized',
+  403: 'Forbidden',
+  404: 'NotFound',
+  409: 'AlreadyExists',
+  410: 'Gone',
+  429: 'TooManyRequests',
+  500: 'InternalError',
+  503: 'ServiceUnavailable',
+  504: 'Timeout',
+};
+
+function status(code: number, message: string, reason = REASONS[code] ?? 'Unknown', details?: JsonObject): JsonObject {
+  return { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message, reason, ...(details !== undefined ? { details } : {}), code };
+}
+
+function clone<T>(v: T): T {
+  return structuredClone(v);
+}
+
+function isRecord(v: unknown): v is JsonObject {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function meta(o: JsonObject): JsonObject {
+  const m = o['metadata'];
+  if (!isRecord(m)) throw new TypeError('object has no metadata');
+  return m;
+}
+
+function fieldValue(o: JsonObject, path: string): string {
+  let v: unknown = o;
+  for (const part of path.split('.')) v = isRecord(v) ? v[part] : undefined;
+  if (v === undefined || v === null) return '';
+  return typeof v === 'string' ? v : JSON.stringify(v);
+}
+
+class SelectorError extends Error {}
+
+function parseFieldSelector(r: FakeResource, sel: string | undefined): { namespace?: string; match: (o: JsonObject) => boolean } {
+  if (sel === undefined || sel === '') return { match: () => true };
+  const tests: ((o: JsonObject) => boolean)[] = [];
+  for (const term of sel.split(',')) {
+    const m = /^([^!=]+)(==|=|!=)(.*)$/.exec(term.trim());
+    if (m === null) throw new SelectorError(`invalid field selector term ${JSON.stringify(term)}`);
+    const [, field = '', op, value = ''] = m;
+    if (!r.fields.includes(field)) throw new SelectorError(`"${field}" is not a known field selector: only "${r.fields.join('", "')}"`);
+    tests.push(op === '!=' ? (o) => fieldValue(o, field) !== value : (o) => fieldValue(o, field) === value);
+  }
+  return { match: (o) => tests.every((t) => t(o)) };
+}
+
+function parseLabelSelector(sel: string | undefined): (o: JsonObject) => boolean {
+  if (sel === undefined || sel === '') return () => true;
+  const tests: ((labels: Record<string, unknown>) => boolean)[] = [];
+  for (const raw of sel.split(',')) {
+    const term = raw.trim();
+    let m: RegExpExecArray | null;
+    if ((m = /^([^!=]+)(==|=|!=)(.*)$/.exec(term)) !== null) {
+      const [, k = '', op, v = ''] = m;
+      tests.push(op === '!=' ? (l) => l[k] !== v : (l) => l[k] === v);
+    } else if (term.startsWith('!')) {
+      const k = term.slice(1);
+      tests.push((l) => !(k in l));
+    } else if (term !== '') {
+      tests.push((l) => term in l);
+    }
+  }
+  return (o) => {
+    const labels = meta(o)['labels'];
+    const l = isRecord(labels) ? labels : {};
+    return tests.every((t) => t(l));
+  };
+}
+
+export class FakeApiServer {
+  readonly token: string;
+  /** Every request, in arrival order. */
+  readonly requests: RequestRecord[] = [];
+
+  private readonly bookmarkIntervalMs: number;
+  private readonly windowSize: number;
+  private readonly goneAs: 'event' | 'http';
+  private server: Server | undefined;
+  private listenPort = 0;
+  private readonly sockets = new Set<Socket>();
+  private bookmarkTimer: NodeJS.Timeout | undefined;
+
+  private rv: number;
+  /** Watches from a resourceVersion below this get 410. */
+  private oldestValidRV: number;
+  private readonly objects = new Map<string, Map<string, JsonObject>>();
+  private changes: Change[] = [];
+  private readonly watches = new Set<OpenWatch>();
+  private failures: FailureRule[] = [];
+  private readonly unserved: Set<string>;
+
+  constructor(options: FakeApiServerOptions = {}) {
+    this.token = options.token ?? `fake-token-${randomBytes(16).toString('hex')}`;
+    this.bookmarkIntervalMs = options.bookmarkIntervalMs ?? 1000;
+    this.windowSize = options.windowSize ?? Number.POSITIVE_INFINITY;
+    this.goneAs = options.goneAs ?? 'event';
+    this.rv = options.initialResourceVersion ?? 1000;
+    this.oldestValidRV = 0;
+    this.unserved = new Set(options.unserved ?? []);
+    for (const r of FAKE_RESOURCES) this.objects.set(r.plural, new Map());
+  }
+
+  // -------------------------------------------------------------------------
+  // Lifecycle
+
+  /** Listens on 127.0.0.1 (an ephemeral port the first time, the same port after a stop()). */
+  async start(): Promise<void> {
+    if (this.server !== undefined) return;
+    const server = createServer((req, res) => this.handle(req, res));
+    server.on('connection', (s: Socket) => {
+      this.sockets.add(s);
+      s.on('close', () => this.sockets.delete(s));
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.listenPort, '127.0.0.1', () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    const addr = server.address();
+    if (addr === null || typeof addr === 'string') throw new Error('fake apiserver: no port');
+    this.listenPort = addr.port;
+    this.server = server;
+    if (this.bookmarkIntervalMs > 0) {
+      this.bookmarkTimer = setInterval(() => this.bookmark(), this.bookmarkIntervalMs);
+      this.bookmarkTimer.unref();
+    }
+  }
+
+  /** An outage: stops listening and cuts every connection. Objects and history are kept. */
+  async stop(): Promise<void> {
+    const server = this.server;
+    if (server === undefined) return;
+    this.server = undefined;
+    clearInterval(this.bookmarkTimer);
+    this.bookmarkTimer = undefined;
+    for (const w of this.watches) clearTimeout(w.timer);
+    this.watches.clear();
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    for (const s of this.sockets) s.destroy();
+    this.sockets.clear();
+    await closed;
+  }
+
+  get running(): boolean {
+    return this.server !== undefined;
+  }
+
+  get port(): number {
+    return this.listenPort;
+  }
+
+  get url(): string {
+    return `http://127.0.0.1:${this.listenPort}`;
+  }
+
+  /** The current (latest) cluster resourceVersion. */
+  get resourceVersion(): string {
+    return String(this.rv);
+  }
+
+  /** Open watch streams, optionally of one resource. */
+  openWatches(resource?: string): number {
+    let n = 0;
+    for (const w of this.watches) if (resource === undefined || w.resource.plural === resource) n++;
+    return n;
+  }
+
+  /** Writes a kubeconfig for this server (plain HTTP, so insecure-skip-tls-verify) into dir; returns its path. */
+  async writeKubeconfig(dir: string, name = 'kubeconfig'): Promise<string> {
+    const path = join(dir, name);
+    const config = {
+      apiVersion: 'v1',
+      kind: 'Config',
+      clusters: [{ name: 'fake', cluster: { server: this.url, 'insecure-skip-tls-verify': true } }],
+      users: [{ name: 'weir', user: { token: this.token } }],
+      contexts: [{ name: 'fake', context: { cluster: 'fake', user: 'weir' } }],
+      'current-context': 'fake',
+    };
+    await writeFile(path, JSON.stringify(config, null, 2), { mode: 0o600 });
+    return path;
+  }
+
+  // -------------------------------------------------------------------------
+  // Objects
+
+  private resourceOfKind(kind: string): FakeResource {
+    const r = FAKE_RESOURCES.find((x) => x.kind === kind);
+    if (r === undefined) throw new TypeError(`fake apiserver: unknown kind ${kind}`);
+    return r;
+  }
+
+  private static key(namespace: string | undefined, name: string): string {
+    return `${namespace ?? ''}/${name}`;
+  }
+
+  private normalise(input: FakeObjectInput): { r: FakeResource; obj: JsonObject; key: string } {
+    const r = this.resourceOfKind(input.kind);
+    const obj = clone(input) as JsonObject;
+    obj['apiVersion'] = input.apiVersion ?? apiVersionOf(r);
+    const m = meta(obj);
+    if (r.namespaced) m['namespace'] = typeof m['namespace'] === 'string' && m['namespace'] !== '' ? m['namespace'] : 'default';
+    else delete m['namespace'];
+    if (r.kind === 'Namespace') {
+      const labels = isRecord(m['labels']) ? m['labels'] : {};
+      labels['kubernetes.io/metadata.name'] = m['name'];
+      m['labels'] = labels;
+    }
+    return { r, obj, key: FakeApiServer.key(m['namespace'] as string | undefined, input.metadata.name) };
+  }
+
+  get(kind: string, namespace: string | undefined, name: string): JsonObject | undefined {
+    const r = this.resourceOfKind(kind);
+    const o = this.objects.get(r.plural)?.get(FakeApiServer.key(r.namespaced ? (namespace ?? 'default') : undefined, name));
+    return o === undefined ? undefined : clone(o);
+  }
+
+  /** Every stored object of a kind. */
+  list(kind: string): JsonObject[] {
+    const r = this.resourceOfKind(kind);
+    return [...(this.objects.get(r.plural)?.values() ?? [])].map(clone);
+  }
+
+  create(input: FakeObjectInput): JsonObject {
+    const { r, obj, key } = this.normalise(input);
+    const store = this.objects.get(r.plural);
+    if (store === undefined) throw new Error('unreachable');
+    if (store.has(key)) throw new Error(`fake apiserver: ${r.kind} ${key} already exists`);
+    const m = meta(obj);
+    m['uid'] = randomUUID();
+    m['creationTimestamp'] = new Date().toISOString();
+    m['generation'] = 1;
+    m['resourceVersion'] = String(++this.rv);
+    store.set(key, obj);
+    this.record({ rv: this.rv, resource: r, type: 'ADDED', object: clone(obj) });
+    return clone(obj);
+  }
+
+  update(input: FakeObjectInput): JsonObject {
+    const { r, obj, key } = this.normalise(input);
+    const store = this.objects.get(r.plural);
+    const old = store?.get(key);
+    if (store === undefined || old === undefined) throw new Error(`fake apiserver: ${r.kind} ${key} not found`);
+    const m = meta(obj);
+    const om = meta(old);
+    m['uid'] = om['uid'];
+    m['creationTimestamp'] = om['creationTimestamp'];
+    m['generation'] = JSON.stringify(obj['spec']) === JSON.stringify(old['spec']) ? om['generation'] : Number(om['generation']) + 1;
+    m['resourceVersion'] = String(++this.rv);
+    store.set(key, obj);
+    this.record({ rv: this.rv, resource: r, type: 'MODIFIED', object: clone(obj), old: clone(old) });
+    return clone(obj);
+  }
+
+  /** Create or update. */
+  apply(input: FakeObjectInput): JsonObject {
+    const { r, key } = this.normalise(input);
+    return this.objects.get(r.plural)?.has(key) === true ? this.update(input) : this.create(input);
+  }
+
+  delete(kind: string, namespace: string | undefined, name: string): JsonObject {
+    const r = this.resourceOfKind(kind);
+    const key = FakeApiServer.key(r.namespaced ? (namespace ?? 'default') : undefined, name);
+    const store = this.objects.get(r.plural);
+    const old = store?.get(key);
+    if (store === undefined || old === undefined) throw new Error(`fake apiserver: ${kind} ${key} not found`);
+    store.delete(key);
+    const gone = clone(old);
+    meta(gone)['resourceVersion'] = String(++this.rv);
+    this.record({ rv: this.rv, resource: r, type: 'DELETED', object: clone(gone), old: clone(old) });
+    return gone;
+  }
+
+  /** Expires every change so far: a watch can only resume from the current resourceVersion. */
+  compact(): void {
+    this.changes = [];
+    this.oldestValidRV = this.rv;
+  }
+
+  private record(c: Change): void {
+    this.changes.push(c);
+    while (this.changes.length > this.windowSize) {
+      const dropped = this.changes.shift();
+      if (dropped !== undefined) this.oldestValidRV = dropped.rv;
+    }
+    for (const w of this.watches) if (w.resource === c.resource) this.send(w, c);
+  }
+
+  // -------------------------------------------------------------------------
+  // Faults
+
+  /** Answers the next n matching resource requests with `status` (a Status body; Retry-After in seconds if given). */
+  failNext(n: number, statusCode: number, retryAfter?: number, filter: FailureFilter = {}): void {
+    this.failures.push({ remaining: n, status: statusCode, ...(retryAfter !== undefined ? { retryAfter } : {}), filter });
+  }
+
+  /** Never answers the next n matching resource requests (the connection stays open until stop()). */
+  hangNext(n: number, filter: FailureFilter = {}): void {
+    this.failures.push({ remaining: n, status: 'hang', filter });
+  }
+
+  /** Cuts every open watch connection mid-stream (the socket is destroyed; no end of the chunked body). */
+  dropWatches(resource?: string): number {
+    let n = 0;
+    for (const w of [...this.watches]) {
+      if (resource !== undefined && w.resource.plural !== resource) continue;
+      this.closeWatch(w);
+      w.res.socket?.destroy();
+      n++;
+    }
+    return n;
+  }
+
+  /** Ends every open watch cleanly, as the server does when timeoutSeconds runs out. */
+  endWatches(resource?: string): number {
+    let n = 0;
+    for (const w of [...this.watches]) {
+      if (resource !== undefined && w.resource.plural !== resource) continue;
+      this.closeWatch(w);
+      w.res.end();
+      n++;
+    }
+    return n;
+  }
+
+  /** Starts serving a resource (its CRD was installed). */
+  serve(plural: string): void {
+    this.unserved.delete(plural);
+  }
+
+  /** Stops serving a resource: lists and watches get 404, open watches end. */
+  unserve(plural: string): void {
+    this.unserved.add(plural);
+    this.endWatches(plural);
+  }
+
+  /** Sends a BOOKMARK (the current resourceVersion) on every watch that allows them. */
+  bookmark(): void {
+    for (const w of this.watches) {
+      if (!w.bookmarks) continue;
+      this.write(w, { type: 'BOOKMARK', object: { kind: w.resource.kind, apiVersion: apiVersionOf(w.resource), metadata: { resourceVersion: String(this.rv) } } });
+    }
+  }
+
+  // -------------------------------------------------------------------------
+  // HTTP
+
+  private handle(req: IncomingMessage, res: ServerResponse): void {
+    const url = new URL(req.url ?? '/', 'http://fake');
+    const query: Record<string, string> = {};
+    for (const [k, v] of url.searchParams) query[k] = v;
+    const watch = query['watch'] === 'true' || query['watch'] === '1';
+    const rec: RequestRecord = {
+      time: Date.now(),
+      method: req.method ?? 'GET',
+      path: url.pathname,
+      query,
+      watch,
+      ...(query['resourceVersion'] !== undefined ? { resourceVersion: query['resourceVersion'] } : {}),
+      status: 0,
+      authorized: req.headers.authorization === `Bearer ${this.token}`,
+    };
+    this.requests.push(rec);
+    const reply = (code: number, body: unknown, headers: Record<string, string> = {}): void => {
+      rec.status = code;
+      const text = JSON.stringify(body);
+      res.writeHead(code, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text), ...headers });
+      res.end(text);
+    };
+
+    if (!rec.authorized) {
+      reply(401, status(401, 'Unauthorized'));
+      return;
+    }
+    if (rec.method !== 'GET') {
+      reply(405, status(405, `method ${rec.method} not supported by the fake apiserver`, 'MethodNotAllowed'));
+      return;
+    }
+    const discovery = this.discovery(url.pathname);
+    if (discovery !== undefined) {
+      reply(200, discovery);
+      return;
+    }
+    const target = this.route(url.pathname);
+    if (target === undefined) {
+      reply(404, status(404, `the server could not find the requested resource`));
+      return;
+    }
+    rec.resource = target.resource.plural;
+
+    const rule = this.failures.find(
+      (f) => f.remaining > 0 && (f.filter.resource === undefined || f.filter.resource === target.resource.plural) && (f.filter.watch === undefined || f.filter.watch === watch),
+    );
+    if (rule !== undefined) {
+      rule.remaining--;
+      this.failures = this.failures.filter((f) => f.remaining > 0);
+      if (rule.status === 'hang') return;
+      const headers: Record<string, string> = rule.retryAfter !== undefined ? { 'Retry-After': String(rule.retryAfter) } : {};
+      const details = rule.retryAfter !== undefined ? { retryAfterSeconds: rule.retryAfter } : undefined;
+      reply(rule.status, status(rule.status, `injected failure (${rule.status})`, REASONS[rule.status], details), headers);
+      return;
+    }
+
+    let filter: Filter;
+    try {
+      const fields = parseFieldSelector(target.resource, query['fieldSelector']);
+      const labels = parseLabelSelector(query['labelSelector']);
+      filter = {
+        ...(target.namespace !== undefined ? { namespace: target.namespace } : {}),
+        matches: (o) => (target.namespace === undefined || meta(o)['namespace'] === target.namespace) && fields.match(o) && labels(o),
+      };
+    } catch (err) {
+      if (err instanceof SelectorError) {
+        reply(400, status(400, err.message));
+        return;
+      }
+      throw err;
+    }
+
+    if (target.name !== undefined) {
+      if (watch) {
+        reply(400, status(400, 'watch of a single object is not supported by the fake apiserver'));
+        return;
+      }
+      const o = this.objects.get(target.resource.plural)?.get(FakeApiServer.key(target.namespace, target.name));
+      if (o === undefined) reply(404, status(404, `${target.resource.plural} "${target.name}" not found`, 'NotFound', { name: target.name, kind: target.resource.plural }));
+      else reply(200, o);
+      return;
+    }
+    if (watch) this.startWatch(target.resource, filter, query, rec, res);
+    else this.serveList(target.resource, filter, reply);
+  }
+
+  private serveList(r: FakeResource, filter: Filter, reply: (code: number, body: unknown) => void): void {
+    // resourceVersion on a list ("0": any version, unset: most recent) may be
+    // served from the latest state either way.
+    const items = [...(this.objects.get(r.plural)?.values() ?? [])].filter((o) => filter.matches(o)).map((o) => {
+      const item = clone(o);
+      if (r.builtin) {
+        delete item['apiVersion'];
+        delete item['kind'];
+      }
+      return item;
+    });
+    reply(200, { kind: r.listKind, apiVersion: apiVersionOf(r), metadata: { resourceVersion: String(this.rv) }, items });
+  }
+
+  private startWatch(r: FakeResource, filter: Filter, query: Record<string, string>, rec: RequestRecord, res: ServerResponse): void {
+    const fromParam = query['resourceVersion'];
+    const from = fromParam === undefined || fromParam === '' || fromParam === '0' ? undefined : Number(fromParam);
+    if (from !== undefined && (!Number.isInteger(from) || from < 0)) {
+      rec.status = 400;
+      const text = JSON.stringify(status(400, `invalid resource version: ${fromParam}`));
+      res.writeHead(400, { 'Content-Type': 'application/json' }).end(text);
+      return;
+    }
+    const expired = from !== undefined && from < this.oldestValidRV;
+    if (expired && this.goneAs === 'http') {
+      rec.status = 410;
+      const text = JSON.stringify(status(410, `too old resource version: ${from} (${this.oldestValidRV})`, 'Gone'));
+      res.writeHead(410, { 'Content-Type': 'application/json' }).end(text);
+      return;
+    }
+    rec.status = 200;
+    res.writeHead(200, { 'Content-Type': 'application/json', 'Transfer-Encoding': 'chunked', 'Cache-Control': 'no-cache, private' });
+    res.flushHeaders();
+    const w: OpenWatch = { resource: r, filter, res, bookmarks: query['allowWatchBookmarks'] === 'true' };
+    if (expired) {
+      // What kube-apiserver's watch cache does: 200, then one ERROR event, then the end.
+      this.write(w, { type: 'ERROR', object: status(410, `too old resource version: ${from} (${this.oldestValidRV})`, 'Expired') });
+      res.end();
+      return;
+    }
+    this.watches.add(w);
+    res.on('close', () => this.closeWatch(w));
+    const timeout = Number(query['timeoutSeconds']);
+    if (Number.isFinite(timeout) && timeout > 0) {
+      w.timer = setTimeout(() => {
+        this.closeWatch(w);
+        res.end();
+      }, timeout * 1000);
+      w.timer.unref();
+    }
+    if (from === undefined) {
+      for (const o of this.objects.get(r.plural)?.values() ?? []) if (filter.matches(o)) this.write(w, { type: 'ADDED', object: o });
+    } else {
+      for (const c of this.changes) if (c.rv > from && c.resource === r) this.send(w, c);
+    }
+  }
+
+  private closeWatch(w: OpenWatch): void {
+    clearTimeout(w.timer);
+    this.watches.delete(w);
+  }
+
+  /** Sends a change as this watch sees it through its selectors. */
+  private send(w: OpenWatch, c: Change): void {
+    const now = w.filter.matches(c.object);
+    if (c.type === 'ADDED') {
+      if (now) this.write(w, { type: 'ADDED', object: c.object });
+      return;
+    }
+    const before = c.old !== undefined && w.filter.matches(c.old);
+    if (c.type === 'DELETED') {
+      if (before) this.write(w, { type: 'DELETED', object: c.object });
+      return;
+    }
+    if (before && now) this.write(w, { type: 'MODIFIED', object: c.object });
+    else if (!before && now) this.write(w, { type: 'ADDED', object: c.object });
+    else if (before && !now) this.write(w, { type: 'DELETED', object: c.object });
+  }
+
+  private write(w: OpenWatch, event: { type: string; object: unknown }): void {
+    if (w.res.writableEnded || w.res.destroyed) return;
+    w.res.write(`${JSON.stringify(event)}\n`);
+  }
+
+  private route(pathname: string): { resource: FakeResource; namespace?: string; name?: string } | undefined {
+    const parts = pathname.split('/').filter((p) => p !== '');
+    let group = '';
+    let version: string | undefined;
+    let rest: string[];
+    if (parts[0] === 'api') {
+      version = parts[1];
+      rest = parts.slice(2);
+    } else if (parts[0] === 'apis') {
+      group = parts[1] ?? '';
+      version = parts[2];
+      rest = parts.slice(3);
+    } else return undefined;
+    let namespace: string | undefined;
+    if (rest[0] === 'namespaces' && rest.length >= 3) {
+      namespace = rest[1];
+      rest = rest.slice(2);
+    }
+    const [plural, name, ...extra] = rest;
+    if (extra.length > 0) return undefined;
+    const resource = FAKE_RESOURCES.find((r) => r.group === group && r.version === version && r.plural === plural);
+    if (resource === undefined || this.unserved.has(resource.plural)) return undefined;
+    if (namespace !== undefined && !resource.namespaced) return undefined;
+    return { resource, ...(namespace !== undefined ? { namespace } : {}), ...(name !== undefined ? { name } : {}) };
+  }
+
+  private discovery(pathname: string): unknown {
+    const p = pathname.replace(/\/+$/, '');
+    const resourceList = (group: string, version: string): JsonObject => ({
+      kind: 'APIResourceList',
+      apiVersion: 'v1',
+      groupVersion: group === '' ? version : `${group}/${version}`,
+      resources: FAKE_RESOURCES.filter((r) => r.group === group && r.version === version && !this.unserved.has(r.plural)).map((r) => ({
+        name: r.plural,
+        singularName: r.kind.toLowerCase(),
+        namespaced: r.namespaced,
+        kind: r.kind,
+        verbs: ['get', 'list', 'watch'],
+      })),
+    });
+    if (p === '/version') return { major: '1', minor: '31', gitVersion: 'v1.31.0-fake' };
+    if (p === '/api') return { kind: 'APIVersions', versions: ['v1'], serverAddressByClientCIDRs: [] };
+    if (p === '/api/v1') return resourceList('', 'v1');
+    const groups = [...new Set(FAKE_RESOURCES.filter((r) => r.group !== '').map((r) => `${r.group}/${r.version}`))];
+    if (p === '/apis') {
+      return {
+        kind: 'APIGroupList',
+        apiVersion: 'v1',
+        groups: groups.map((gv) => {
+          const [name = '', version = ''] = gv.split('/');
+          return { name, versions: [{ groupVersion: gv, version }], preferredVersion: { groupVersion: gv, version } };
+        }),
+      };
+    }
+    for (const gv of groups) {
+      if (p === `/apis/${gv}`) {
+        const [group = '', version = ''] = gv.split('/');
+        return resourceList(group, version);
+      }
+    }
+    return undefined;
+  }
+}
