@@ -676,7 +676,8 @@ function prune(x: unknown, s: Schema | undefined, dropUnknown: boolean): void {
   for (const [k, v] of Object.entries(x)) {
     const ks = props(s)[k] ?? child(s, 'additionalProperties');
     if (ks === undefined) {
-      if (dropUnknown && s['type'] === 'object' && s['x-kubernetes-preserve-unknown-fields'] !== true && k !== 'metadata') delete x[k];
+      // metadata ({type: object} without properties) is ObjectMeta, which the API server keeps.
+      if (dropUnknown && isRec(s['properties']) && s['x-kubernetes-preserve-unknown-fields'] !== true) delete x[k];
       continue;
     }
     // A null with a default is defaulted; deleting it lets ajv apply the default.
