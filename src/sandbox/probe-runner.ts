@@ -241,3 +241,156 @@ export async function startTcpStream(
   }
   return proc;
 }
+
+/** One request to a long-running prober (probe.ts `prober` mode). */
+export interface ProberRequest {
+  proto: 'tcp' | 'udp' | 'sctp';
+  /** An IP literal: the prober does not resolve names. */
+  host: string;
+  port: number;
+  /** The probe's own deadline (default: the prober's, 1000 ms). */
+  timeoutMs?: number;
+  /** UDP only: connect() then send() (connect hooks) instead of sendto() (sendmsg hooks). */
+  connect?: boolean;
+  /** Bind the probe's socket to this source port (default: an ephemeral port). */
+  localPort?: number;
+}
+
+/**
+ * A long-running prober in a pod or host: one process answers any number of
+ * probes, run concurrently inside it, so a matrix of hundreds of probes costs
+ * milliseconds instead of a process start per probe. Whoever starts it
+ * closes it (close(): end of input, then SIGKILL if it lingers); the sandbox
+ * kills it too when it is destroyed.
+ */
+export class Prober {
+  readonly child: ChildProcess;
+  readonly origin: ProbeOrigin;
+  private readonly pending = new Map<string, { resolve: (r: ProbeResult) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
+  private readonly exited: Promise<number | null>;
+  private readyWaiter: { resolve: () => void; reject: (e: Error) => void } | undefined;
+  private nextId = 1;
+  private stderrText = '';
+  private closed = false;
+
+  private constructor(child: ChildProcess, origin: ProbeOrigin) {
+    this.child = child;
+    this.origin = origin;
+    let buf = '';
+    child.stdout?.setEncoding('utf8').on('data', (d: string) => {
+      buf += d;
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const raw = parseLine(buf.slice(0, nl));
+        buf = buf.slice(nl + 1);
+        if (raw !== undefined) this.onLine(raw);
+      }
+    });
+    child.stderr?.setEncoding('utf8').on('data', (d: string) => (this.stderrText = (this.stderrText + d).slice(-4000)));
+    // A prober that dies mid-write must not crash the test process with EPIPE.
+    child.stdin?.on('error', () => {});
+    this.exited = new Promise((resolve) => {
+      child.once('error', () => resolve(null));
+      child.once('close', (status) => resolve(status));
+    });
+    void this.exited.then((status) => {
+      const err = new Error(`prober ${describeOrigin(origin)} exited (${status ?? 'signal'}) ${this.stderrText.trim()}`);
+      this.readyWaiter?.reject(err);
+      for (const [id, p] of this.pending) {
+        clearTimeout(p.timer);
+        p.reject(err);
+        this.pending.delete(id);
+      }
+    });
+  }
+
+  /** Starts a prober and resolves once it is ready to take requests. */
+  static async start(sandbox: Sandbox, origin: ProbeOrigin, opts: { timeoutMs?: number; readyTimeoutMs?: number } = {}): Promise<Prober> {
+    const args = ['prober', ...(opts.timeoutMs !== undefined ? ['--timeout', String(opts.timeoutMs)] : [])];
+    const p = new Prober(spawnProbe(sandbox, origin, args), origin);
+    const readyMs = opts.readyTimeoutMs ?? 10_000;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`prober ${describeOrigin(origin)} not ready in ${readyMs} ms`)), readyMs);
+        p.readyWaiter = {
+          resolve: () => {
+            clearTimeout(timer);
+            resolve();
+          },
+          reject: (e) => {
+            clearTimeout(timer);
+            reject(e);
+          },
+        };
+      });
+    } catch (e) {
+      await p.close();
+      throw e;
+    } finally {
+      p.readyWaiter = undefined;
+    }
+    return p;
+  }
+
+  get stderr(): string {
+    return this.stderrText;
+  }
+
+  /** One probe. Rejects only if the prober itself fails (exits, or stays silent well past the probe's deadline). */
+  probe(req: ProberRequest): Promise<ProbeResult> {
+    if (this.closed) return Promise.reject(new Error(`prober ${describeOrigin(this.origin)} is closed`));
+    const id = String(this.nextId++);
+    const line = JSON.stringify({
+      id,
+      proto: req.proto,
+      host: req.host,
+      port: req.port,
+      ...(req.timeoutMs !== undefined ? { timeout: req.timeoutMs } : {}),
+      ...(req.connect ? { connect: true } : {}),
+      ...(req.localPort !== undefined ? { localPort: req.localPort } : {}),
+    });
+    return new Promise((resolve, reject) => {
+      const guardMs = (req.timeoutMs ?? 1000) + 10_000;
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new Error(`prober ${describeOrigin(this.origin)}: no answer to ${line} in ${guardMs} ms`));
+      }, guardMs);
+      this.pending.set(id, { resolve, reject, timer });
+      this.child.stdin?.write(`${line}\n`);
+    });
+  }
+
+  /** Ends the prober's input (it exits once its probes have answered); SIGKILL after graceMs. */
+  async close(graceMs = 3000): Promise<void> {
+    this.closed = true;
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
+    this.child.stdin?.end();
+    const timer = setTimeout(() => this.child.kill('SIGKILL'), graceMs);
+    await this.exited;
+    clearTimeout(timer);
+  }
+
+  private onLine(raw: Record<string, unknown>): void {
+    if (raw.event === 'ready') {
+      this.readyWaiter?.resolve();
+      return;
+    }
+    if (raw.event !== 'result') return;
+    const id = typeof raw.id === 'string' ? raw.id : '';
+    const p = this.pending.get(id);
+    if (p === undefined) return;
+    this.pending.delete(id);
+    clearTimeout(p.timer);
+    try {
+      p.resolve(toResult(raw));
+    } catch (e) {
+      p.reject(e instanceof Error ? e : new Error(String(e)));
+    }
+  }
+}
+
+function describeOrigin(origin: ProbeOrigin): string {
+  if ('host' in origin) return `host ${origin.host}`;
+  const { namespace, name } = parsePodRef(origin.pod);
+  return `pod ${namespace}/${name}`;
+}

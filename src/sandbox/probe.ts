@@ -9,6 +9,7 @@
 //   probe serve [--tcp PORT]... [--udp PORT]...
 //   probe tcp-stream HOST PORT [--interval MS] [--count N] [--echo-timeout MS] [--timeout MS]
 //   probe ping HOST [--timeout MS] [--count N] [--family 4|6] [--system]
+//   probe prober [--timeout MS] [--concurrency N]
 //
 // One-shot modes print one JSON line and exit 0 when ok, 1 when not:
 //   {"mode":"tcp-connect","target":"10.20.0.10:80","ok":false,"code":"EPERM","ms":0.4}
@@ -23,6 +24,19 @@
 // serve and tcp-stream print one JSON event per line until killed or done:
 //   serve:      listening, tcp-accept {remote, remotePort}, udp-recv {remote, remotePort}
 //   tcp-stream: connected, echo {seq, ms, late}, timeout {seq}, error {code}, closed, done {sent, echoed, lost}
+// prober is long-running and probes many destinations from one process (a
+// conformance matrix is hundreds of probes; a process per probe is too slow).
+// It reads one JSON request per line on stdin:
+//   {"id":"7","proto":"tcp","host":"10.244.0.3","port":80,"timeout":1000,"connect":false,"localPort":20001}
+// (proto tcp: connect and echo; udp: sendto, or connect()+send() with
+// connect, and wait for the echo; timeout defaults to --timeout, 1000 ms;
+// localPort, optional, binds the probe's socket to that source port) and
+// answers each with one line, in completion order, probes running
+// concurrently (at most --concurrency, default 256):
+//   {"event":"result","id":"7","mode":"tcp-connect","target":"10.244.0.3:80","ok":true,"code":null,"ms":0.8,...}
+// It prints {"event":"ready"} first, answers a malformed request with
+// {"event":"result","id":...,"ok":false,"code":"EINVAL",...}, and exits 0
+// once stdin is closed and every probe has answered.
 // Usage errors exit 2.
 
 import { spawn } from 'node:child_process';
@@ -35,7 +49,7 @@ import { performance } from 'node:perf_hooks';
 type Json = string | number | boolean | null | Json[] | { [key: string]: Json | undefined };
 type Fields = { [key: string]: Json | undefined };
 
-const VALUE_FLAGS = new Set(['timeout', 'payload', 'family', 'tcp', 'udp', 'interval', 'count', 'echo-timeout']);
+const VALUE_FLAGS = new Set(['timeout', 'payload', 'family', 'tcp', 'udp', 'interval', 'count', 'echo-timeout', 'concurrency']);
 const BOOL_FLAGS = new Set(['echo', 'connect', 'system']);
 
 interface Args {
@@ -455,12 +469,193 @@ function systemPing(base: Fields, addr: string, timeoutMs: number, count: number
   });
 }
 
+// ---- prober: many probes from one long-running process --------------------
+
+interface ProberRequest {
+  id: string;
+  proto: string;
+  host: string;
+  port: number;
+  timeoutMs: number;
+  connect: boolean;
+  localPort: number | undefined;
+}
+
+/** One probe as a promise (the one-shot modes exit instead; a prober must keep running). */
+type ProbeOutcome = Fields & { ok: boolean; code: string | null; ms: number };
+
+/**
+ * TCP connect, then one line echoed back: proves the connection carries data
+ * both ways. `connected` tells a refused or silent connect (false) from a
+ * connection whose data was lost later (true).
+ */
+function tcpProbe(host: string, port: number, timeoutMs: number, payload: string, localPort: number | undefined): Promise<ProbeOutcome> {
+  return new Promise((resolve) => {
+    const t0 = performance.now();
+    let connected = false;
+    let settled = false;
+    const sock: Socket = createConnection({ host, port, ...(localPort !== undefined ? { localPort } : {}) });
+    const end = (ok: boolean, code: string | null): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      sock.destroy();
+      resolve({ ok, code, ms: elapsed(t0), connected });
+    };
+    const timer = setTimeout(() => end(false, 'ETIMEDOUT'), timeoutMs);
+    sock.once('error', (e) => end(false, errCode(e)));
+    sock.once('close', () => end(false, connected ? 'ECONNRESET' : 'EIO'));
+    sock.once('connect', () => {
+      connected = true;
+      let buf = '';
+      sock.setEncoding('utf8');
+      sock.on('data', (d: string) => {
+        buf += d;
+        if (buf.includes(payload)) end(true, null);
+      });
+      sock.write(`${payload}\n`);
+    });
+  });
+}
+
+/** UDP send (sendmsg hooks), or connect()+send() (connect hooks), then wait for the echo. */
+function udpProbe(
+  host: string,
+  port: number,
+  timeoutMs: number,
+  payload: string,
+  connect: boolean,
+  localPort: number | undefined,
+): Promise<ProbeOutcome> {
+  return new Promise((resolve) => {
+    const t0 = performance.now();
+    let sent = false;
+    let settled = false;
+    const sock = createSocket(isIP(host) === 6 ? 'udp6' : 'udp4');
+    let timer: NodeJS.Timeout | undefined;
+    const end = (ok: boolean, code: string | null): void => {
+      if (settled) return;
+      settled = true;
+      if (timer !== undefined) clearTimeout(timer);
+      try {
+        sock.close();
+      } catch {
+        // already closed after an error
+      }
+      resolve({ ok, code, ms: elapsed(t0), sent });
+    };
+    timer = setTimeout(() => end(false, 'ETIMEDOUT'), timeoutMs);
+    sock.on('error', (e) => end(false, errCode(e)));
+    sock.on('message', (msg: Buffer) => {
+      if (msg.toString() === payload) end(true, null);
+    });
+    const afterSend = (e: Error | null): void => {
+      if (e) end(false, errCode(e));
+      else sent = true;
+    };
+    const go = (): void => {
+      if (settled) return;
+      if (connect) {
+        sock.connect(port, host, (e?: Error) => {
+          if (e) end(false, errCode(e));
+          else sock.send(payload, afterSend);
+        });
+      } else {
+        sock.send(payload, port, host, afterSend);
+      }
+    };
+    // A bind error (EADDRINUSE) arrives as an 'error' event.
+    if (localPort !== undefined) sock.bind(localPort, go);
+    else go();
+  });
+}
+
+function parseProberRequest(line: string, dfltTimeoutMs: number): ProberRequest | { id: string; error: string } {
+  let v: unknown;
+  try {
+    v = JSON.parse(line);
+  } catch {
+    return { id: '', error: 'not JSON' };
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return { id: '', error: 'not a JSON object' };
+  const r = v as Record<string, unknown>;
+  const id = typeof r.id === 'string' || typeof r.id === 'number' ? String(r.id) : '';
+  if (id === '') return { id, error: 'id missing' };
+  const { proto, host, port } = r;
+  if (typeof proto !== 'string' || !['tcp', 'udp', 'sctp'].includes(proto)) return { id, error: `bad proto ${JSON.stringify(proto)}` };
+  if (typeof host !== 'string' || isIP(host) === 0) return { id, error: `host must be an IP literal, got ${JSON.stringify(host)}` };
+  if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535) return { id, error: `bad port ${JSON.stringify(port)}` };
+  const timeoutMs = typeof r.timeout === 'number' && r.timeout > 0 ? r.timeout : dfltTimeoutMs;
+  const lp = r.localPort;
+  if (lp !== undefined && (typeof lp !== 'number' || !Number.isInteger(lp) || lp < 1 || lp > 65535)) return { id, error: `bad localPort ${JSON.stringify(lp)}` };
+  return { id, proto, host, port, timeoutMs, connect: r.connect === true, localPort: lp };
+}
+
+async function runProberRequest(req: ProberRequest): Promise<Fields> {
+  const target = hostPort(req.host, req.port);
+  const payload = `weir-prober-${process.pid}-${req.id}`;
+  const local = req.localPort !== undefined ? { localPort: req.localPort } : {};
+  if (req.proto === 'tcp') return { mode: 'tcp-connect', target, ...local, ...(await tcpProbe(req.host, req.port, req.timeoutMs, payload, req.localPort)) };
+  if (req.proto === 'udp') {
+    return { mode: 'udp-send', target, ...local, ...(await udpProbe(req.host, req.port, req.timeoutMs, payload, req.connect, req.localPort)) };
+  }
+  // Node has no SCTP sockets; answer rather than guess.
+  return { mode: 'sctp-connect', target, ok: false, code: 'EPROTONOSUPPORT', ms: 0 };
+}
+
+async function prober(args: Args): Promise<void> {
+  const dfltTimeoutMs = num(args, 'timeout', 1000);
+  const concurrency = Math.max(1, Math.floor(num(args, 'concurrency', 256)));
+  const queue: ProberRequest[] = [];
+  let running = 0;
+  let inputDone = false;
+  const maybeExit = (): void => {
+    if (inputDone && running === 0 && queue.length === 0) process.exit(0);
+  };
+  const pump = (): void => {
+    while (running < concurrency && queue.length > 0) {
+      const req = queue.shift() as ProberRequest;
+      running++;
+      runProberRequest(req)
+        .catch((e: unknown): Fields => ({ mode: req.proto, target: hostPort(req.host, req.port), ok: false, code: errCode(e), ms: 0 }))
+        .then((res) => {
+          emit({ event: 'result', id: req.id, ...res });
+          running--;
+          pump();
+          maybeExit();
+        });
+    }
+  };
+  let buf = '';
+  process.stdin.setEncoding('utf8');
+  process.stdin.on('data', (d: string) => {
+    buf += d;
+    let nl: number;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, nl).trim();
+      buf = buf.slice(nl + 1);
+      if (line === '') continue;
+      const req = parseProberRequest(line, dfltTimeoutMs);
+      if ('error' in req) emit({ event: 'result', id: req.id, mode: 'invalid', target: '', ok: false, code: 'EINVAL', ms: 0, detail: req.error });
+      else queue.push(req);
+    }
+    pump();
+  });
+  process.stdin.on('end', () => {
+    inputDone = true;
+    maybeExit();
+  });
+  for (const s of ['SIGTERM', 'SIGINT'] as const) process.on(s, () => process.exit(0));
+  emit({ event: 'ready', pid: process.pid, concurrency, timeout: dfltTimeoutMs });
+}
+
 const MODES: Record<string, (a: Args) => Promise<void>> = {
   'tcp-connect': tcpConnect,
   'udp-send': udpSend,
   serve,
   'tcp-stream': tcpStream,
   ping,
+  prober,
 };
 
 async function main(): Promise<void> {
