@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { Logger } from 'pino';
 import { Registry } from 'prom-client';
-import { ObjectStore } from '../model/store.js';
+import { ObjectStore, type StoreChange } from '../model/store.js';
 import type { Pod } from '../model/types.js';
 import { ManifestSource } from '../sources/manifests.js';
 import type { Source } from '../sources/source.js';
@@ -21,6 +21,7 @@ import { AgentMetrics, type KernelCountSample } from '../report/metrics.js';
 import { domainOf, workloadOf } from '../report/workload.js';
 
 export const VERSION = '0.1.0';
+const CGROUP_RECHECK_MS = 30_000;
 
 export interface AgentOptions {
   manifests: string;
@@ -83,6 +84,11 @@ export class Agent {
   private state: DesiredState | null = null;
   private endpoints = new Map<number, EndpointLabels>();
   private pendingCgroups = new Set<string>();
+  /** Changes since the last compile: the engine recompiles only what they touch. */
+  private changes: StoreChange[] = [];
+  /** Pod cgroups found so far (a pod's cgroup does not move while the pod lives); re-checked every CGROUP_RECHECK_MS. */
+  private cgroups = new Map<string, { dir: string; id: bigint }>();
+  private cgroupsCheckedAt = 0;
   private retryTimer: NodeJS.Timeout | null = null;
   private scheduled: NodeJS.Immediate | null = null;
   private applying: Promise<ApplyResult | null> = Promise.resolve(null);
@@ -149,7 +155,10 @@ export class Agent {
     );
     if (this.opts.metricsAddr) await this.listen(this.opts.metricsAddr);
 
-    this.store.onChange(() => this.schedule());
+    this.store.onChange((c) => {
+      this.changes.push(c);
+      this.schedule();
+    });
     this.source = new ManifestSource({
       dir: this.opts.manifests,
       store: this.store,
@@ -193,21 +202,33 @@ export class Agent {
   private applyOnce(): ApplyResult | null {
     if (this.stopped) return null;
     const started = process.hrtime.bigint();
-    const state = this.engine.compute(this.store);
+    const state = this.engine.compute(this.store, this.changes.splice(0));
     for (const p of state.problems) {
       this.metrics.syncErrors.inc({ kind: 'compile' });
       this.log.error({ policy: p.policyId, error: p.message }, 'policy could not be compiled; it is ignored');
     }
     const bindings: PodBinding[] = [];
     const pending = new Set<string>();
-    for (const dp of state.pods) {
-      const dir = findPodCgroup(this.podsRoot, dp.uid, dp.pod.status?.qosClass);
-      if (!dir) {
-        pending.add(dp.uid);
-        continue;
-      }
-      bindings.push({ uid: dp.uid, namespace: dp.namespace, name: dp.name, cgroupId: cgroupIdOf(dir), setKey: dp.setKey });
+    if (Date.now() - this.cgroupsCheckedAt > CGROUP_RECHECK_MS) {
+      this.cgroups.clear();
+      this.cgroupsCheckedAt = Date.now();
     }
+    const live = new Set<string>();
+    for (const dp of state.pods) {
+      live.add(dp.uid);
+      let cg = this.cgroups.get(dp.uid);
+      if (!cg) {
+        const dir = findPodCgroup(this.podsRoot, dp.uid, dp.pod.status?.qosClass);
+        if (!dir) {
+          pending.add(dp.uid);
+          continue;
+        }
+        cg = { dir, id: cgroupIdOf(dir) };
+        this.cgroups.set(dp.uid, cg);
+      }
+      bindings.push({ uid: dp.uid, namespace: dp.namespace, name: dp.name, cgroupId: cg.id, setKey: dp.setKey });
+    }
+    for (const uid of this.cgroups.keys()) if (!live.has(uid)) this.cgroups.delete(uid);
     this.updatePending(pending, state.pods);
     const res = this.datapath.writer.apply(state, bindings);
     this.state = state;

@@ -6,6 +6,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { packetCost, type PacketCostRow } from './packet-cost.js';
+import { propagation, type PropagationRow } from './propagation.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -39,20 +40,44 @@ function markdown(rows: PacketCostRow[], m: Record<string, string | number>, cmd
   return `${lines.join('\n')}\n`;
 }
 
+function propagationMarkdown(rows: PropagationRow[], m: Record<string, string | number>, cmd: string): string {
+  const lines = [
+    '# Propagation: model change to maps written',
+    '',
+    `Machine: ${m.cpu}, ${m.cores} cores, kernel ${m.kernel}, Node ${m.node}. Command: \`${cmd}\`. Target: p99 under 100 ms.`,
+    '',
+    '| pods | policies | change | samples | p50 ms | p99 ms | max ms |',
+    '|---:|---:|---|---:|---:|---:|---:|',
+    ...rows.map((r) => `| ${r.pods} | ${r.policies} | ${r.change} | ${r.samples} | ${r.p50Ms.toFixed(1)} | ${r.p99Ms.toFixed(1)} | ${r.maxMs.toFixed(1)} |`),
+  ];
+  return `${lines.join('\n')}\n`;
+}
+
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false }, out: { type: 'string' } } });
+  const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false }, out: { type: 'string' }, suite: { type: 'string', multiple: true } } });
+  const want = (s: string): boolean => !values.suite || values.suite.includes(s);
   const quick = values.quick ?? false;
   const cmd = `npm run bench${quick ? ' -- --quick' : ''}`;
   const m = machine();
   console.log(`weir bench (${quick ? 'quick' : 'full'}) on ${m.cpu}, ${m.cores} cores, kernel ${m.kernel}`);
-  console.log('suite 1: per-packet cost');
   const started = Date.now();
-  const rows = await packetCost({ quick, log: (l) => console.log(l) });
   const out = values.out ?? join(root, 'bench', 'results');
   mkdirSync(out, { recursive: true });
   const stamp = quick ? 'quick' : 'full';
-  writeFileSync(join(out, `packet-cost-${stamp}.json`), `${JSON.stringify({ machine: m, command: cmd, date: new Date().toISOString(), rows }, null, 2)}\n`);
-  writeFileSync(join(out, `packet-cost-${stamp}.md`), markdown(rows, m, cmd));
+  const save = (name: string, rows: unknown, md: string): void => {
+    writeFileSync(join(out, `${name}-${stamp}.json`), `${JSON.stringify({ machine: m, command: cmd, date: new Date().toISOString(), rows }, null, 2)}\n`);
+    writeFileSync(join(out, `${name}-${stamp}.md`), md);
+  };
+  if (want('packet-cost')) {
+    console.log('suite 1: per-packet cost');
+    const rows = await packetCost({ quick, log: (l) => console.log(l) });
+    save('packet-cost', rows, markdown(rows, m, cmd));
+  }
+  if (want('propagation')) {
+    console.log('suite 4: propagation (model change -> maps written)');
+    const rows = await propagation({ quick, log: (l) => console.log(l) });
+    save('propagation', rows, propagationMarkdown(rows, m, cmd));
+  }
   console.log(`\nresults in ${out} (${((Date.now() - started) / 1000).toFixed(0)} s)`);
 }
 

@@ -96,7 +96,18 @@ export interface WriterCapacities {
   maxEndpoints: number;
 }
 
+const contentKeys = new WeakMap<DesiredSet, string>();
+
+/** What a set writes; equal keys mean nothing to write. Memoized: the engine reuses unchanged sets. */
 function contentKeyOf(set: DesiredSet): string {
+  const known = contentKeys.get(set);
+  if (known !== undefined) return known;
+  const key = computeContentKey(set);
+  contentKeys.set(set, key);
+  return key;
+}
+
+function computeContentKey(set: DesiredSet): string {
   const part = (flat: FlatPrefix[]): string => flat.map((f) => `${Buffer.from(f.prefix.bytes).toString('hex')}/${f.prefix.len}=${f.key}`).join(';');
   return `${set.flags}#${part(set.v4)}#${part(set.v6)}`;
 }

@@ -23,6 +23,7 @@ import {
   flatten,
   lookupFlat,
   podIPs,
+  podPeerMatches,
   setFlags,
   type Entry,
   type FlatPrefix,
@@ -102,10 +103,94 @@ function isLivePod(p: Pod): boolean {
   return phase !== 'Succeeded' && phase !== 'Failed' && !p.spec.hostNetwork;
 }
 
+/** One change of the model, as the store reports it. */
+export interface ModelChange {
+  kind: string;
+  old?: unknown;
+  new?: unknown;
+}
+
+/**
+ * Compiled sets are cached between computes and invalidated only by the
+ * changes passed to compute(), so a change to one policy or one pod
+ * recompiles only the sets it touches. Without change information
+ * everything is compiled.
+ * test/unit/engine-incremental.test.ts checks that the incremental result
+ * always equals a fresh compute.
+ */
 export class PolicyEngine {
+  private cache = new Map<string, DesiredSet>();
+  private readonly normalized = new WeakMap<object, Policy>();
+  private nsLabelsSeen = new Map<string, Record<string, string> | undefined>();
+
   constructor(private readonly nodeName: string | null) {}
 
-  compute(inputs: PolicyInputs): DesiredState {
+  private invalidate(changes: readonly ModelChange[] | 'all'): void {
+    if (changes === 'all') {
+      this.cache.clear();
+      return;
+    }
+    for (const c of changes) {
+      if (this.cache.size === 0) return;
+      switch (c.kind) {
+        case 'NetworkPolicy':
+        case 'EgressPolicy':
+        case 'ClusterEgressPolicy': {
+          const ids = new Set(
+            [c.old, c.new]
+              .filter((o): o is { kind: string; metadata: { name: string; namespace?: string } } => !!o)
+              .map((o) => (o.kind === 'ClusterEgressPolicy' ? `${o.kind}//${o.metadata.name}` : `${o.kind}/${o.metadata.namespace ?? ''}/${o.metadata.name}`)),
+          );
+          for (const [key, set] of this.cache) if (set.policies.some((p) => ids.has(p.id))) this.cache.delete(key);
+          break;
+        }
+        case 'Pod': {
+          const versions = [c.old, c.new].filter((o): o is Pod => !!o && isLivePod(o as Pod) && podIPs(o as Pod).length > 0);
+          if (versions.length === 0) break;
+          for (const [key, set] of this.cache) {
+            if (versions.some((pod) => this.setDependsOnPod(set, pod))) this.cache.delete(key);
+          }
+          break;
+        }
+        case 'Namespace':
+          // Rare: any set with pod peers may see different pods.
+          for (const [key, set] of this.cache) {
+            if (set.policies.some((p) => p.rules.some((r) => r.peers === null || r.peers.some((x) => x.type === 'pods')))) this.cache.delete(key);
+          }
+          break;
+        default:
+          // Services and EndpointSlices feed every isolated set.
+          this.cache.clear();
+      }
+    }
+  }
+
+  /** Could this pod, as a destination, change what the set allows? */
+  private setDependsOnPod(set: DesiredSet, pod: Pod): boolean {
+    const dir: PeerDirectory = { peerPods: () => [], namespaceLabels: (n) => this.nsLabelsSeen.get(n) ?? { [NAMESPACE_NAME_LABEL]: n } };
+    for (const p of set.policies) {
+      for (const r of p.rules) {
+        const named = r.ports?.some((x) => typeof x.port === 'string') ?? false;
+        if (r.peers === null) {
+          if (named) return true;
+          continue;
+        }
+        for (const peer of r.peers) {
+          if (peer.type === 'pods' && podPeerMatches(peer, pod, dir)) return true;
+          if (peer.type === 'ipBlock' && named) return true;
+        }
+      }
+    }
+    return false;
+  }
+
+  /**
+   * @param changes what changed since the previous compute of this engine;
+   *   omitted, everything is recompiled (the safe default for callers that
+   *   do not track changes).
+   */
+  compute(inputs: PolicyInputs, changes?: readonly ModelChange[]): DesiredState {
+    this.invalidate(changes ?? 'all');
     // The API server gives every namespace the kubernetes.io/metadata.name
     // label; namespaces only known through their pods get it too.
     const nsLabels = new Map<string, Record<string, string> | undefined>();
@@ -130,9 +215,19 @@ export class PolicyEngine {
         }
       }
     };
-    normalize(inputs.networkPolicies(), normalizeNetworkPolicy);
-    normalize(inputs.egressPolicies(), normalizeEgressPolicy);
-    normalize(inputs.clusterEgressPolicies(), normalizeClusterEgressPolicy);
+    // Store objects are replaced, never mutated, so a normalized policy can
+    // be reused for as long as its object is the same.
+    const cached = <T extends object>(fn: (o: T) => Policy) => (o: T): Policy => {
+      let p = this.normalized.get(o);
+      if (!p) {
+        p = fn(o);
+        this.normalized.set(o, p);
+      }
+      return p;
+    };
+    normalize(inputs.networkPolicies(), cached(normalizeNetworkPolicy));
+    normalize(inputs.egressPolicies(), cached(normalizeEgressPolicy));
+    normalize(inputs.clusterEgressPolicies(), cached(normalizeClusterEgressPolicy));
     policies.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
 
     const allPods = [...inputs.pods()].filter(isLivePod);
@@ -158,9 +253,11 @@ export class PolicyEngine {
       // Ingress) play no part in egress and must not split sets.
       const egress = selecting.filter((p) => p.isolatesEgress);
       const key = egress.map((p) => p.id).join('\n');
-      if (!sets.has(key)) sets.set(key, compileSet(key, egress, dir, frontends));
+      if (!sets.has(key)) sets.set(key, this.cache.get(key) ?? compileSet(key, egress, dir, frontends));
       pods.push({ uid, namespace: pod.metadata.namespace, name: pod.metadata.name, pod, setKey: key });
     }
+    this.cache = new Map(sets);
+    this.nsLabelsSeen = nsLabels;
     return { pods, sets, policies, problems };
   }
 
