@@ -66,6 +66,7 @@ const PORTED = new Set([6, 17, 132]);
 
 interface EndpointLabels {
   pod: Pod;
+  desired: DesiredPod;
   namespace: string;
   name: string;
   workload: string;
@@ -82,6 +83,8 @@ export class Agent {
   private source: Source | null = null;
   private server: Server | null = null;
   private state: DesiredState | null = null;
+  /** Policy id -> mode of the current state, for enriching events without scans. */
+  private policyModes = new Map<string, 'Enforce' | 'Audit'>();
   private endpoints = new Map<number, EndpointLabels>();
   private pendingCgroups = new Set<string>();
   /** Changes since the last compile: the engine recompiles only what they touch. */
@@ -232,6 +235,7 @@ export class Agent {
     this.updatePending(pending, state.pods);
     const res = this.datapath.writer.apply(state, bindings);
     this.state = state;
+    this.policyModes = new Map(state.policies.map((p) => [p.id, p.mode]));
     for (const f of res.failedSets) {
       this.metrics.syncErrors.inc({ kind: 'compile' });
       this.log.error({ policies: f.key.split('\n'), error: f.error }, 'policy set could not be compiled; its last good version stays in force');
@@ -241,7 +245,7 @@ export class Agent {
     for (const e of this.datapath.writer.endpoints()) {
       const dp = byUid.get(e.uid);
       if (!dp) continue;
-      eps.set(e.endpointId, { pod: dp.pod, namespace: e.namespace, name: e.name, workload: workloadOf(dp.pod), domain: domainOf(dp.pod), setKey: e.setKey });
+      eps.set(e.endpointId, { pod: dp.pod, desired: dp, namespace: e.namespace, name: e.name, workload: workloadOf(dp.pod), domain: domainOf(dp.pod), setKey: e.setKey });
     }
     this.endpoints = eps;
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
@@ -313,13 +317,13 @@ export class Agent {
     let policy = '';
     let rule = '';
     if (ep && this.state) {
-      const dp = this.state.pods.find((p) => p.pod === ep.pod);
-      if (dp) {
+      const dp = ep.desired;
+      {
         const x = this.engine.explain(this.state, dp, destination, e.proto, PORTED.has(e.proto) ? e.dport : null);
         const pick = (kind: 'allow' | 'deny', mode: 'Enforce' | 'Audit'): string[] =>
           x.matches.filter((m) => m.kind === kind && m.mode === mode).map((m) => m.rule);
         const selected = (mode: 'Enforce' | 'Audit'): string[] =>
-          x.selectedBy.filter((id) => this.state?.policies.find((p) => p.id === id)?.mode === mode);
+          x.selectedBy.filter((id) => this.policyModes.get(id) === mode);
         let rules: string[] = [];
         if (reason === 'deny-rule') rules = pick('deny', 'Enforce');
         else if (reason === 'audit-deny-rule') rules = pick('deny', 'Audit');
