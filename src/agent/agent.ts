@@ -9,6 +9,7 @@ import { Registry } from 'prom-client';
 import { ObjectStore, type StoreChange } from '../model/store.js';
 import type { Pod } from '../model/types.js';
 import { ManifestSource } from '../sources/manifests.js';
+import { KubernetesSource, type BackoffOptions, type KubernetesSourceError, type ResourceStatus } from '../sources/kubernetes.js';
 import type { Source } from '../sources/source.js';
 import { PolicyEngine, type DesiredPod, type DesiredState } from '../policy/engine.js';
 import { bytesToAddress, type Family } from '../policy/prefix.js';
@@ -17,19 +18,37 @@ import { HOOK_NAMES, type RawEvent } from '../datapath/abi.js';
 import { Datapath, type AttachResult, type Capacities, type EndpointCounters } from '../datapath/datapath.js';
 import type { ApplyResult, PodBinding } from '../datapath/state-writer.js';
 import { cgroupIdOf, findPodCgroup, findPodsRoot, type PodsRoot } from '../datapath/cgroups.js';
+import { ExplainError, explain } from '../policy/explain.js';
+import { LocalApi, LocalApiError } from './local-api.js';
 import { AgentMetrics, type KernelCountSample } from '../report/metrics.js';
 import { domainOf, workloadOf } from '../report/workload.js';
 
 export const VERSION = '0.1.0';
 const CGROUP_RECHECK_MS = 30_000;
 
+/** Reading the model from the Kubernetes API (`weir agent` without --manifests). */
+export interface KubernetesSourceConfig {
+  /** A kubeconfig file; default: the in-cluster service account, else KUBECONFIG or ~/.kube/config. */
+  kubeconfig?: string;
+  /** 'cluster' (default): every Pod, for pod-selector peers. 'node': only this node's Pods. */
+  podScope?: 'cluster' | 'node';
+  backoff?: BackoffOptions;
+  watchTimeoutSeconds?: number;
+  idleTimeoutMs?: number;
+}
+
 export interface AgentOptions {
-  manifests: string;
+  /** Read the model from manifests in this directory. Exactly one of `manifests` and `kubernetes`. */
+  manifests?: string;
+  /** Read the model from the Kubernetes API. */
+  kubernetes?: KubernetesSourceConfig;
   nodeName: string | null;
   cgroupRoot: string;
   bpffs: string;
   pinDir?: string;
   metricsAddr: string | null;
+  /** The local API's Unix socket (root only), for `weir explain` and friends; null: none. */
+  apiSocket?: string | null;
   objectsDir?: string;
   capacities?: Partial<Capacities>;
   eventIntervalMs?: number;
@@ -82,6 +101,7 @@ export class Agent {
   private readonly log: Logger;
   private source: Source | null = null;
   private server: Server | null = null;
+  private api: LocalApi | null = null;
   private state: DesiredState | null = null;
   /** Policy id -> mode of the current state, for enriching events without scans. */
   private policyModes = new Map<string, 'Enforce' | 'Audit'>();
@@ -157,21 +177,65 @@ export class Agent {
       (type) => this.metrics.unknownRecords.inc({ type: String(type) }),
     );
     if (this.opts.metricsAddr) await this.listen(this.opts.metricsAddr);
+    if (this.opts.apiSocket) {
+      this.api = new LocalApi(this.opts.apiSocket, { '/v1/explain': (q) => this.explainFlow(q.get('from'), q.get('to')) }, this.log);
+      await this.api.listen();
+    }
 
     this.store.onChange((c) => {
       this.changes.push(c);
       this.schedule();
     });
-    this.source = new ManifestSource({
-      dir: this.opts.manifests,
-      store: this.store,
-      logger: logger.child({ component: 'manifests' }),
-      onError: () => this.metrics.syncErrors.inc({ kind: 'manifest' }),
-    });
+    this.source = this.createSource(logger);
     await this.source.start();
     this.synced = true;
     await this.reconcile();
     this.log.info({ generation: this.datapath.writer.generation, pods: this.endpoints.size }, 'agent ready');
+  }
+
+  private createSource(logger: Logger): Source {
+    const { manifests, kubernetes } = this.opts;
+    if ((manifests === undefined) === (kubernetes === undefined)) {
+      throw new TypeError('Agent: give exactly one source, manifests or kubernetes');
+    }
+    if (kubernetes !== undefined && !this.opts.nodeName) {
+      throw new TypeError('Agent: the Kubernetes source needs the node name (--node-name or NODE_NAME)');
+    }
+    if (manifests !== undefined) {
+      return new ManifestSource({
+        dir: manifests,
+        store: this.store,
+        logger: logger.child({ component: 'manifests' }),
+        onError: () => this.metrics.syncErrors.inc({ kind: 'manifest' }),
+      });
+    }
+    const k = kubernetes as KubernetesSourceConfig;
+    this.log.info({ nodeName: this.opts.nodeName, kubeconfig: k.kubeconfig ?? '(in-cluster or default)' }, 'reading the model from the Kubernetes API; waiting for the first sync');
+    return new KubernetesSource({
+      ...k,
+      nodeName: this.opts.nodeName,
+      store: this.store,
+      logger,
+      registry: this.registry,
+      onError: (e: KubernetesSourceError) => this.metrics.syncErrors.inc({ kind: e.reason === 'invalid' ? 'invalid-object' : 'watch' }),
+    });
+  }
+
+  /** `weir explain` against the live model: the verdict, the policies and the rules. */
+  explainFlow(from: string | null, to: string | null): unknown {
+    if (!from || !to) throw new LocalApiError('from and to are required');
+    if (!this.synced) throw new LocalApiError('the agent has not synced its model yet', 503);
+    try {
+      return { generation: this.datapath.writer.generation, explanation: explain(this.store, from, to) };
+    } catch (err) {
+      if (err instanceof ExplainError) throw new LocalApiError(err.message);
+      throw err;
+    }
+  }
+
+  /** Per-resource watch state when reading from the Kubernetes API; empty otherwise. */
+  watchStatus(): ResourceStatus[] {
+    return this.source instanceof KubernetesSource ? this.source.status() : [];
   }
 
   get ready(): boolean {
@@ -417,6 +481,7 @@ export class Agent {
     if (this.retryTimer) clearTimeout(this.retryTimer);
     await this.applying;
     await this.source?.stop();
+    await this.api?.close();
     if (this.server) await new Promise<void>((r) => this.server?.close(() => r()));
     this.datapath.drainEvents();
     this.datapath.close();

@@ -2,20 +2,33 @@ import { existsSync, statSync } from 'node:fs';
 import { Agent, parseHostPort, type AgentOptions } from '../agent/agent.js';
 import { defaultCgroupRoot } from '../datapath/cgroups.js';
 import { DEFAULT_CAPACITIES, type Capacities } from '../datapath/datapath.js';
+import { DEFAULT_API_SOCKET } from '../agent/local-api.js';
 import { createLogger, LOG_LEVELS } from '../report/logger.js';
 import { parse, UsageError, type Command } from './main.js';
 
-const help = `Options:
+const help = `Sources (where the model of namespaces, pods, services and policies comes from):
+  (default)              The Kubernetes API: in a pod, the service account; elsewhere
+                         KUBECONFIG or ~/.kube/config. Pods, Namespaces, Services,
+                         EndpointSlices, NetworkPolicies, EgressPolicies and
+                         ClusterEgressPolicies are listed and watched. Enforcement starts
+                         after the first full list; while the API server is unreachable
+                         the last known policy keeps enforcing.
+  --kubeconfig FILE      Use this kubeconfig for the Kubernetes API.
+  --pod-scope SCOPE      cluster (default): watch every Pod, needed for podSelector and
+                         namespaceSelector peers. node: only this node's Pods (for
+                         clusters whose policies use ipBlock peers only).
   --manifests DIR        Read Namespaces, Pods and policies from Kubernetes manifests in
-                         DIR (.yaml, .yml, .json; several documents per file; dotfiles
-                         and editor temporaries ignored). DIR is watched: edits apply
-                         without a restart. A malformed file or object is reported with
-                         its file, object and field, and the last good version of what
-                         it held keeps enforcing.
-  --kubeconfig FILE      Read from the Kubernetes API instead (not available yet in this
-                         build: use --manifests).
+                         DIR instead (.yaml, .yml, .json; several documents per file;
+                         dotfiles and editor temporaries ignored). DIR is watched: edits
+                         apply without a restart. A malformed file or object is reported
+                         with its file, object and field, and the last good version of
+                         what it held keeps enforcing.
+
+Options:
   --node-name NAME       Enforce for pods whose spec.nodeName is NAME. Default: the
-                         NODE_NAME environment variable, else every pod in the model.
+                         NODE_NAME environment variable (set it from the downward API).
+                         Required with the Kubernetes API; with --manifests and no name,
+                         every pod in the manifests is enforced.
   --cgroup-root DIR      The cgroup v2 directory holding the kubelet's kubepods (cgroupfs
                          driver) or kubepods.slice (systemd driver) tree. Default: the
                          cgroup v2 mount point from /proc/self/mountinfo.
@@ -24,6 +37,8 @@ const help = `Options:
   --pin-dir DIR          Pin directory (default: BPFFS/weir).
   --metrics-addr H:P     Serve /metrics, /healthz and /readyz on HOST:PORT.
                          Default: 0.0.0.0:9464. Use "off" to disable.
+  --api-socket PATH      The local API (root only) for weir explain on this node.
+                         Default: ${DEFAULT_API_SOCKET}. Use "off" to disable.
   --audit-log FILE       Append the tamper-evident audit log to FILE (not available yet
                          in this build).
   --log-level LEVEL      ${LOG_LEVELS.join(', ')}. Default: info
@@ -49,12 +64,14 @@ function positiveInt(name: string, v: string | undefined): number | undefined {
 
 export const agentCommand: Command = {
   summary: 'Run the weir node agent: compile egress policy for the pods on this node and enforce it in the kernel.',
-  usage: 'weir agent --manifests DIR [options]',
+  usage: 'weir agent [--kubeconfig FILE | --manifests DIR] [options]',
   help,
   async run(argv) {
     const { values } = parse(argv, {
       manifests: { type: 'string' },
       kubeconfig: { type: 'string' },
+      'pod-scope': { type: 'string', default: 'cluster' },
+      'api-socket': { type: 'string', default: DEFAULT_API_SOCKET },
       'node-name': { type: 'string' },
       'cgroup-root': { type: 'string' },
       bpffs: { type: 'string', default: '/sys/fs/bpf' },
@@ -67,16 +84,24 @@ export const agentCommand: Command = {
       'max-trie-nodes': { type: 'string' },
       'max-port-classes': { type: 'string' },
     });
-    if (values.kubeconfig !== undefined) {
-      throw new UsageError('--kubeconfig: the Kubernetes API source is not in this build yet; use --manifests DIR');
-    }
     if (values['audit-log'] !== undefined) {
       throw new UsageError('--audit-log is not in this build yet');
     }
     const manifests = values.manifests;
-    if (!manifests) throw new UsageError('--manifests DIR is required');
-    if (!existsSync(manifests) || !statSync(manifests).isDirectory()) {
+    if (manifests !== undefined && values.kubeconfig !== undefined) {
+      throw new UsageError('--manifests and --kubeconfig are two different sources: give one');
+    }
+    if (manifests !== undefined && (!existsSync(manifests) || !statSync(manifests).isDirectory())) {
       throw new UsageError(`--manifests ${manifests}: not a directory`);
+    }
+    if (values.kubeconfig !== undefined && !existsSync(values.kubeconfig)) {
+      throw new UsageError(`--kubeconfig ${values.kubeconfig}: no such file`);
+    }
+    const podScope = values['pod-scope'];
+    if (podScope !== 'cluster' && podScope !== 'node') throw new UsageError(`--pod-scope must be cluster or node, got ${JSON.stringify(podScope)}`);
+    const nodeName = values['node-name'] ?? (process.env.NODE_NAME || null);
+    if (manifests === undefined && !nodeName) {
+      throw new UsageError('reading from the Kubernetes API needs the node name: pass --node-name or set NODE_NAME (from the downward API: spec.nodeName)');
     }
     const metricsAddr = values['metrics-addr'] === 'off' ? null : (values['metrics-addr'] ?? null);
     if (metricsAddr) {
@@ -97,9 +122,13 @@ export const agentCommand: Command = {
     if (nodes) capacities.nodes = nodes;
     const classes = positiveInt('max-port-classes', values['max-port-classes']);
     if (classes) capacities.classes = classes;
+    const apiSocket = values['api-socket'] === 'off' ? null : (values['api-socket'] ?? DEFAULT_API_SOCKET);
     const opts: AgentOptions = {
-      manifests,
-      nodeName: values['node-name'] ?? process.env.NODE_NAME ?? null,
+      ...(manifests !== undefined
+        ? { manifests }
+        : { kubernetes: { podScope, ...(values.kubeconfig !== undefined ? { kubeconfig: values.kubeconfig } : {}) } }),
+      nodeName,
+      apiSocket,
       cgroupRoot: values['cgroup-root'] ?? defaultCgroupRoot(),
       bpffs: values.bpffs ?? '/sys/fs/bpf',
       metricsAddr,

@@ -386,7 +386,10 @@ export class FakeApiServer {
     if (store === undefined) throw new Error('unreachable');
     if (store.has(key)) throw new Error(`fake apiserver: ${r.kind} ${key} already exists`);
     const m = meta(obj);
-    m['uid'] = randomUUID();
+    // The real server always assigns the uid. A uid given here is kept, so a
+    // test can create Pods whose uid matches cgroups the sandbox made first
+    // (on a real node the kubelet creates them from the API's uid).
+    if (typeof m['uid'] !== 'string' || m['uid'] === '') m['uid'] = randomUUID();
     m['creationTimestamp'] = new Date().toISOString();
     m['generation'] = 1;
     m['resourceVersion'] = String(++this.rv);
