@@ -12,11 +12,26 @@
 // How changes are applied: every watch event (debounced) triggers a full
 // re-scan, and the result is diffed against what this source put into the
 // store: new or changed objects are upserted, objects no longer present are
-// deleted. A full scan is cheap (unchanged files are recognised by content
-// hash and not re-parsed) and it is the only approach that is right for every
-// way a directory can change, including the ConfigMap `..data` symlink swap
-// and DIR itself being a symlink that is swapped. A periodic re-scan
-// (resyncIntervalMs) covers events the kernel may drop (inotify overflow).
+// deleted. The file name an event carries is never trusted, only the fact
+// that something changed. A full scan is cheap (unchanged files are
+// recognised by content hash and not re-parsed) and it is the only approach
+// that is right for every way a directory can change, including the
+// ConfigMap `..data` symlink swap and DIR itself being a symlink that is
+// swapped. A periodic re-scan (resyncIntervalMs) covers events the kernel may
+// drop (inotify overflow).
+//
+// What is watched: each directory the scan reads, with its own
+// non-recursive watch (inotify on Linux) set up before the directory is
+// read, and the directory each symlinked manifest resolves into (a ConfigMap's
+// `..2024_…` directory), so a file edited in place behind a link is seen; and
+// the parent of DIR, for DIR itself being replaced. Every scan brings the set
+// up to date: a new directory is watched, a vanished one's watch is closed, a
+// directory replaced at the same path (another inode) is watched again. A
+// directory watch reports every entry created, deleted, renamed or written,
+// however often a name is reused. Node's recursive fs.watch is not used: on
+// Linux it watches each file's inode, so once a file was replaced by rename
+// (an atomic save: editors, write-file-atomic, kubectl-style tools) later
+// changes of that name, its deletion included, were never reported.
 //
 // Last good wins. A manifest error never removes enforcement that was in
 // place:
@@ -151,6 +166,25 @@ interface CachedFile {
   outcome: FileOutcome;
 }
 
+interface DirWatch {
+  watcher: FSWatcher;
+  /** Identity of the directory when the watch was set up. */
+  dev: number;
+  ino: number;
+  /**
+   * The watched directory itself was deleted or moved: set the watch up
+   * again even if a directory of the same identity is found there (inode
+   * numbers are reused).
+   */
+  stale: boolean;
+}
+
+/** The watches a scan found it needs, and whether one could not be set up. */
+interface WatchPass {
+  wanted: Set<string>;
+  failed: boolean;
+}
+
 // Upsert order: what selects and governs first, what is governed last.
 const APPLY_ORDER: readonly KubeKind[] = ['Namespace', 'NetworkPolicy', 'EgressPolicy', 'ClusterEgressPolicy', 'Service', 'EndpointSlice', 'Pod'];
 
@@ -204,9 +238,13 @@ export class ManifestSource implements Source {
   private started = false;
   private stopped = false;
 
-  private watcher: FSWatcher | undefined;
+  /** One non-recursive watch per directory, by real path. */
+  private dirWatches = new Map<string, DirWatch>();
+  /** Directories whose watch could not be set up (logged once until it can). */
+  private unwatchable = new Set<string>();
   private parentWatcher: FSWatcher | undefined;
-  private watchedRoot: { path: string; ino: number; dev: number } | undefined;
+  /** What DIR resolved to at the latest scan. */
+  private rootReal: string | undefined;
   private watchFailures = 0;
   private rewatchTimer: NodeJS.Timeout | undefined;
   private debounceTimer: NodeJS.Timeout | undefined;
@@ -255,9 +293,9 @@ export class ManifestSource implements Source {
       throw new Error(`manifests directory ${this.dir}: ${errnoCode(err) === 'ENOENT' ? 'does not exist' : errMessage(err)}`, { cause: err });
     }
     if (!st.isDirectory()) throw new Error(`manifests directory ${this.dir}: not a directory`);
-    // Watch before the first scan, so nothing written during it is missed.
+    // Watch before the first scan (the scan watches each directory before
+    // reading it), so nothing written during it is missed.
     this.watchParent();
-    await this.ensureWatch();
     await this.rescan();
     if (!this.isSynced) {
       const first = this.errors[0];
@@ -276,11 +314,13 @@ export class ManifestSource implements Source {
     clearTimeout(this.debounceTimer);
     clearTimeout(this.rewatchTimer);
     clearInterval(this.resyncTimer);
-    this.watcher?.close();
     this.parentWatcher?.close();
-    this.watcher = undefined;
     this.parentWatcher = undefined;
+    this.closeWatches();
     await this.running;
+    // A scan that was running could not add a watch (they check `stopped`),
+    // but make sure nothing is left open.
+    this.closeWatches();
   }
 
   /**
@@ -343,44 +383,91 @@ export class ManifestSource implements Source {
   }
 
   /**
-   * (Re-)establishes the recursive watch on what DIR resolves to now. Called
-   * before every scan, so a swapped or re-created DIR is re-watched.
+   * Makes sure the directory at `real` (a real path) is watched by its own
+   * non-recursive watch, set up again when the directory there is another one
+   * than the one watched (deleted and re-created, renamed over). Called by the
+   * scan before it reads the directory, so no change after the read is missed.
    */
-  private async ensureWatch(): Promise<void> {
-    if (this.stopped) return;
-    let target: { path: string; ino: number; dev: number };
+  private async watchDir(real: string, pass: WatchPass): Promise<void> {
+    if (this.stopped || pass.wanted.has(real)) return;
+    pass.wanted.add(real);
+    let st;
     try {
-      const path = await realpath(this.dir);
-      const st = await stat(path);
-      target = { path, ino: st.ino, dev: st.dev };
+      // Identity first, then the watch: if the directory is replaced in
+      // between, the next scan sees another inode and watches again (the
+      // replacement itself is an event in the parent).
+      st = await stat(real);
     } catch {
-      return; // the scan reports the missing directory
+      pass.wanted.delete(real); // gone (the scan reports it): a watch left on it is closed
+      return;
     }
-    const w = this.watchedRoot;
-    if (this.watcher !== undefined && w !== undefined && w.path === target.path && w.ino === target.ino && w.dev === target.dev) return;
-    if (this.watcher !== undefined) {
-      this.watcher.close();
-      this.watcher = undefined;
+    if (this.stopped) return;
+    const current = this.dirWatches.get(real);
+    if (current !== undefined) {
+      if (!current.stale && current.dev === st.dev && current.ino === st.ino) return;
+      current.watcher.close();
+      this.dirWatches.delete(real);
       this.metrics?.watchRestarts.inc();
-      this.log.info({ target: target.path }, 'manifests directory replaced; watching the new one');
+      const replaced = current.dev !== st.dev || current.ino !== st.ino;
+      if (replaced && real === this.rootReal) this.log.info({ target: real }, 'manifests directory replaced; watching the new one');
+      else this.log.debug({ path: real }, 'directory deleted or moved; watching what is there now');
     }
     try {
-      const watcher = watch(target.path, { recursive: true, persistent: true }, () => this.trigger('change'));
+      const self = basename(real);
+      const watcher: FSWatcher = watch(real, { persistent: true }, (event, file) => {
+        // The directory's own deletion or move is reported under its own
+        // name (a child of that name looks the same: then the watch is just
+        // set up again for nothing).
+        const entry = this.dirWatches.get(real);
+        if (event === 'rename' && (file === null || file === self) && entry?.watcher === watcher) entry.stale = true;
+        this.trigger('change');
+      });
       watcher.on('error', (err) => {
-        if (this.watcher !== watcher) return;
+        if (this.dirWatches.get(real)?.watcher !== watcher) return;
         watcher.close();
-        this.watcher = undefined;
-        this.watchedRoot = undefined;
-        this.log.warn({ err }, 'manifests directory watch failed; retrying');
+        this.dirWatches.delete(real);
+        this.log.warn({ err, path: real }, 'directory watch failed; retrying');
         this.scheduleRewatch();
       });
-      this.watcher = watcher;
-      this.watchedRoot = target;
-      this.watchFailures = 0;
+      this.dirWatches.set(real, { watcher, dev: st.dev, ino: st.ino, stale: false });
+      if (this.unwatchable.delete(real)) this.log.info({ path: real }, 'directory watched again');
     } catch (err) {
-      this.log.warn({ err }, 'cannot watch the manifests directory; retrying');
-      this.scheduleRewatch();
+      if (errnoCode(err) === 'ENOENT') {
+        pass.wanted.delete(real); // vanished since the stat: an event in its parent says so
+        return;
+      }
+      pass.failed = true;
+      if (!this.unwatchable.has(real)) {
+        this.unwatchable.add(real);
+        this.log.warn({ err, path: real }, 'cannot watch a manifests directory; retrying, and relying on periodic re-scans meanwhile');
+      }
     }
+  }
+
+  /** Closes the watches of directories the latest scan no longer reads. */
+  private pruneWatches(pass: WatchPass): void {
+    for (const [path, w] of this.dirWatches) {
+      if (pass.wanted.has(path)) continue;
+      w.watcher.close();
+      this.dirWatches.delete(path);
+    }
+    for (const path of this.unwatchable) if (!pass.wanted.has(path)) this.unwatchable.delete(path);
+    if (pass.failed) this.scheduleRewatch();
+    else this.watchFailures = 0;
+  }
+
+  private closeWatches(): void {
+    for (const w of this.dirWatches.values()) w.watcher.close();
+    this.dirWatches.clear();
+  }
+
+  /** Logs (and counts) DIR resolving to another directory than at the previous scan. */
+  private noteRoot(real: string): void {
+    if (this.rootReal !== undefined && this.rootReal !== real) {
+      this.metrics?.watchRestarts.inc();
+      this.log.info({ target: real }, 'manifests directory replaced; watching the new one');
+    }
+    this.rootReal = real;
   }
 
   private scheduleRewatch(): void {
@@ -401,9 +488,10 @@ export class ManifestSource implements Source {
   // Scanning
 
   private async scan(): Promise<void> {
-    await this.ensureWatch();
     const errors: ManifestError[] = [];
-    const walked = await this.walk(errors);
+    const pass: WatchPass = { wanted: new Set(), failed: false };
+    const walked = await this.walk(errors, pass);
+    this.pruneWatches(pass);
     if (walked === undefined) {
       // DIR is gone or unreadable: keep everything (last good wins).
       this.metrics?.scans.inc({ result: 'failed' });
@@ -533,11 +621,12 @@ export class ManifestSource implements Source {
   }
 
   /**
-   * Lists manifest files (relative paths, sorted). Returns undefined when DIR
-   * itself cannot be read; unreadable subdirectories are reported and listed
-   * so what they supplied is kept.
+   * Lists manifest files (relative paths, sorted), watching each directory
+   * before reading it and the directory each symlinked manifest resolves
+   * into. Returns undefined when DIR itself cannot be read; unreadable
+   * subdirectories are reported and listed so what they supplied is kept.
    */
-  private async walk(errors: ManifestError[]): Promise<{ files: string[]; unreadableDirs: string[] } | undefined> {
+  private async walk(errors: ManifestError[], pass: WatchPass): Promise<{ files: string[]; unreadableDirs: string[] } | undefined> {
     const files: string[] = [];
     const unreadableDirs: string[] = [];
     const visited = new Set<string>();
@@ -548,6 +637,8 @@ export class ManifestSource implements Source {
         const real = await realpath(abs);
         if (visited.has(real)) return true; // a symlink loop, or a directory linked twice
         visited.add(real);
+        if (rel === '') this.noteRoot(real);
+        await this.watchDir(real, pass);
         entries = await readdir(abs, { withFileTypes: true });
       } catch (err) {
         const what = rel === '' ? 'the manifests directory' : `directory ${rel}`;
@@ -565,7 +656,8 @@ export class ManifestSource implements Source {
         const childRel = rel === '' ? e.name : `${rel}/${e.name}`;
         let isDir = e.isDirectory();
         let isFile = e.isFile();
-        if (e.isSymbolicLink()) {
+        const isLink = e.isSymbolicLink();
+        if (isLink) {
           try {
             const st = await stat(join(this.dir, childRel));
             isDir = st.isDirectory();
@@ -575,7 +667,18 @@ export class ManifestSource implements Source {
           }
         }
         if (isDir) await visit(childRel);
-        else if (isFile && isManifestName(e.name)) files.push(childRel);
+        else if (isFile && isManifestName(e.name)) {
+          files.push(childRel);
+          // A file behind a link (a ConfigMap's `name -> ..data/name`) can be
+          // written where it really is: watch that directory too.
+          if (isLink) {
+            try {
+              await this.watchDir(dirname(await realpath(join(this.dir, childRel))), pass);
+            } catch {
+              // vanished since the stat: the read skips it
+            }
+          }
+        }
       }
       return true;
     };

@@ -1,6 +1,6 @@
 import { cp, mkdir, mkdtemp, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
@@ -49,6 +49,17 @@ async function startSource(root: string, extra: Partial<ManifestSourceOptions> =
 async function writeAtomic(path: string, content: string): Promise<void> {
   await mkdir(dirname(path), { recursive: true });
   const tmp = join(dirname(path), `.${Date.now()}-${Math.random().toString(36).slice(2)}.partial`);
+  await writeFile(tmp, content);
+  await rename(tmp, path);
+}
+
+/**
+ * Writes the way the sandbox's writeFileAtomic (and many tools) do: always
+ * the same temporary name next to the file, then a rename over it.
+ */
+async function writeAtomicSameTmp(path: string, content: string): Promise<void> {
+  await mkdir(dirname(path), { recursive: true });
+  const tmp = join(dirname(path), `.${basename(path)}.${String(process.pid)}.tmp`);
   await writeFile(tmp, content);
   await rename(tmp, path);
 }
@@ -288,6 +299,160 @@ describe('watching', () => {
     await new Promise((r) => setTimeout(r, 400));
     expect(scans.length).toBe(n);
     expect(egressMode()).toBe('Enforce');
+  });
+});
+
+// Node's recursive fs.watch on Linux watches each file's inode: once a file
+// was replaced by rename, later events for that name are lost. These cases
+// set the periodic re-scan far beyond the test, so only watch events can
+// apply a change.
+describe('watching, after atomic replacements (no periodic re-scan)', () => {
+  const NO_RESYNC = { resyncIntervalMs: 3_600_000 };
+  const port = (): number | string | undefined => store.get('EgressPolicy', 'ml', 'train-data')?.spec.egress?.[0]?.ports?.[0]?.port;
+
+  test('a file replaced by atomic rename and then deleted: the deletion is applied within 2 s', async () => {
+    await writeFile(join(dir, 'policy.yaml'), policyYaml('Enforce'));
+    await startSource(dir, NO_RESYNC);
+    await writeAtomicSameTmp(join(dir, 'policy.yaml'), policyYaml('Audit'));
+    await waitUntil('the replacement is applied', () => egressMode() === 'Audit', 2000);
+    await rm(join(dir, 'policy.yaml'));
+    await waitUntil('the deleted objects are gone', () => egressMode() === undefined && store.namespace('ml') === undefined, 2000);
+  });
+
+  test('a file created by atomic rename, replaced by atomic rename, then deleted: the deletion is applied within 2 s', async () => {
+    // The sequence of the conformance case "should stop enforcing policies
+    // after they are deleted ..., the policy file having been replaced in place".
+    await writeFile(join(dir, 'other.yaml'), 'apiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n');
+    await startSource(dir, NO_RESYNC);
+    await writeAtomicSameTmp(join(dir, 'policy.yaml'), policyYaml('Enforce'));
+    await waitUntil('the policy is loaded', () => egressMode() === 'Enforce', 2000);
+    await writeAtomicSameTmp(join(dir, 'policy.yaml'), policyYaml('Audit'));
+    await waitUntil('the replacement is applied', () => egressMode() === 'Audit', 2000);
+    await rm(join(dir, 'policy.yaml'));
+    await waitUntil('the deleted policy is gone', () => egressMode() === undefined, 2000);
+    expect(store.namespace('other')).toBeDefined();
+  });
+
+  test('repeated atomic-rename edits of the same file are each applied', async () => {
+    await writeFile(join(dir, 'policy.yaml'), policyYaml('Enforce', 1000));
+    await startSource(dir, NO_RESYNC);
+    for (let i = 1; i <= 6; i++) {
+      await writeAtomicSameTmp(join(dir, 'policy.yaml'), policyYaml(i % 2 === 0 ? 'Enforce' : 'Audit', 1000 + i));
+      await waitUntil(`edit ${String(i)} is applied`, () => port() === 1000 + i, 2000);
+    }
+    // A deletion after all those replacements is seen too.
+    await rm(join(dir, 'policy.yaml'));
+    await waitUntil('the deleted policy is gone', () => egressMode() === undefined, 2000);
+  });
+
+  test('repeated edits staged outside the directory and moved in over the file are each applied', async () => {
+    // A deploy script that renders into a staging directory and `mv`s the
+    // result into place: no temporary ever appears in the watched directory.
+    await mkdir(join(dir, 'conf'));
+    await mkdir(join(dir, 'staging'));
+    await writeFile(join(dir, 'conf', 'policy.yaml'), policyYaml('Enforce', 1000));
+    await startSource(join(dir, 'conf'), NO_RESYNC);
+    for (let i = 1; i <= 4; i++) {
+      await writeFile(join(dir, 'staging', 'policy.yaml'), policyYaml('Audit', 1000 + i));
+      await rename(join(dir, 'staging', 'policy.yaml'), join(dir, 'conf', 'policy.yaml'));
+      await waitUntil(`edit ${String(i)} is applied`, () => port() === 1000 + i, 2000);
+    }
+  });
+
+  test('a ConfigMap-style volume: an in-place edit of the ..data target, two ..data swaps and the deletion of the visible file are each applied', async () => {
+    await mkdir(join(dir, '..2024_01_01'));
+    await writeFile(join(dir, '..2024_01_01', 'policy.yaml'), policyYaml('Enforce', 1000));
+    await symlink('..2024_01_01', join(dir, '..data'));
+    await symlink('..data/policy.yaml', join(dir, 'policy.yaml'));
+    await startSource(dir, NO_RESYNC);
+    expect(port()).toBe(1000);
+    await writeFile(join(dir, '..2024_01_01', 'policy.yaml'), policyYaml('Enforce', 1001));
+    await waitUntil('the in-place edit is applied', () => port() === 1001, 2000);
+    // Then the kubelet's swap, twice.
+    for (const [i, ts] of ['..2024_01_02', '..2024_01_03'].entries()) {
+      await mkdir(join(dir, ts));
+      await writeFile(join(dir, ts, 'policy.yaml'), policyYaml('Audit', 1002 + i));
+      await symlink(ts, join(dir, '..data_tmp'));
+      await rename(join(dir, '..data_tmp'), join(dir, '..data'));
+      await waitUntil(`swap ${String(i + 1)} is applied`, () => port() === 1002 + i, 2000);
+    }
+    await rm(join(dir, 'policy.yaml'));
+    await waitUntil('the deleted file is gone', () => egressMode() === undefined, 2000);
+  });
+
+  test('a subdirectory deleted and re-created at once (one debounced scan) is watched again', async () => {
+    await writeFile(join(dir, 'other.yaml'), 'apiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n');
+    await mkdir(join(dir, 'sub'));
+    await writeFile(join(dir, 'sub', 'policy.yaml'), policyYaml('Enforce', 1000));
+    await startSource(dir, { ...NO_RESYNC, debounceMs: 300 });
+    for (let i = 1; i <= 3; i++) {
+      await rm(join(dir, 'sub'), { recursive: true });
+      await mkdir(join(dir, 'sub'));
+      await writeFile(join(dir, 'sub', 'policy.yaml'), policyYaml('Enforce', 1000 + 2 * i - 1));
+      await waitUntil(`re-creation ${String(i)} is loaded`, () => port() === 1000 + 2 * i - 1, 2000);
+      // Written in place: only the new directory's own watch can see this.
+      await writeFile(join(dir, 'sub', 'policy.yaml'), policyYaml('Enforce', 1000 + 2 * i));
+      await waitUntil(`an edit in re-creation ${String(i)} is applied`, () => port() === 1000 + 2 * i, 2000);
+    }
+  });
+
+  test('a subdirectory created after start is watched: its file loads, edits and deletions apply, and removing the directory removes its objects', async () => {
+    await writeFile(join(dir, 'other.yaml'), 'apiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n');
+    await startSource(dir, NO_RESYNC);
+    const file = join(dir, 'teams', 'ml', 'policy.yaml');
+    await writeAtomicSameTmp(file, policyYaml('Enforce', 1001));
+    await waitUntil('the policy in the new subdirectory is loaded', () => port() === 1001, 2000);
+    await writeAtomicSameTmp(file, policyYaml('Audit', 1002));
+    await waitUntil('an edit in the new subdirectory is applied', () => port() === 1002, 2000);
+    await writeFile(join(dir, 'teams', 'pod.yaml'), 'apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: ml}\nspec: {containers: [{name: c}]}\n');
+    await waitUntil('a second file in the new subdirectory is loaded', () => store.pods().length === 1, 2000);
+    await rm(file);
+    await waitUntil('a deletion in the new subdirectory is applied', () => egressMode() === undefined && store.namespace('ml') === undefined, 2000);
+    await writeAtomicSameTmp(file, policyYaml('Enforce', 1003));
+    await waitUntil('the file re-created in the subdirectory is loaded', () => port() === 1003, 2000);
+    await rm(join(dir, 'teams'), { recursive: true });
+    await waitUntil('the objects of the removed subdirectory are gone', () => store.size === 1, 2000);
+    expect(store.namespace('other')).toBeDefined();
+    // A directory of the same name created again is watched again.
+    await writeAtomicSameTmp(file, policyYaml('Audit', 1004));
+    await waitUntil('the re-created subdirectory is loaded', () => port() === 1004, 2000);
+  });
+});
+
+describe('watch handles', () => {
+  const fsWatchers = (): number => process.getActiveResourcesInfo().filter((r) => r === 'FSEventWrap').length;
+  const settle = (): Promise<void> => new Promise((r) => setTimeout(r, 50));
+
+  test('one watch per directory read (and per ConfigMap data directory); stop() closes every one, also with a scan running', async () => {
+    await settle();
+    const before = fsWatchers();
+    await mkdir(join(dir, 'conf', 'a', 'b'), { recursive: true });
+    await mkdir(join(dir, 'conf', '..2024_01_01'));
+    await writeFile(join(dir, 'conf', '..2024_01_01', 'policy.yaml'), policyYaml('Enforce'));
+    await symlink('..2024_01_01', join(dir, 'conf', '..data'));
+    await symlink('..data/policy.yaml', join(dir, 'conf', 'policy.yaml'));
+    await writeFile(join(dir, 'conf', 'a', 'b', 'ns.yaml'), 'apiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n');
+    const s = await startSource(join(dir, 'conf'), { resyncIntervalMs: 3_600_000 });
+    expect(store.size).toBe(3);
+    // conf, conf/a, conf/a/b, conf/..2024_01_01 (the watch of the parent of
+    // conf does not keep the process alive, so it is not listed here).
+    expect(fsWatchers() - before).toBe(4);
+    // A subdirectory that appears is watched, one that goes away is not.
+    await writeAtomic(join(dir, 'conf', 'c', 'pod.yaml'), 'apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: ml}\nspec: {containers: [{name: c}]}\n');
+    await waitUntil('the new subdirectory is loaded', () => store.pods().length === 1, 2000);
+    await settle();
+    expect(fsWatchers() - before).toBe(5);
+    await rm(join(dir, 'conf', 'a'), { recursive: true });
+    await waitUntil('the removed subdirectory is unloaded', () => store.namespace('other') === undefined, 2000);
+    await settle();
+    expect(fsWatchers() - before).toBe(3);
+    // Stop in the middle of a burst of changes and a scan.
+    await writeAtomic(join(dir, 'conf', 'd', 'e', 'policy.yaml'), policyYaml('Audit', 8443));
+    const scanning = s.rescan();
+    await s.stop();
+    await scanning;
+    await settle();
+    expect(fsWatchers()).toBe(before);
   });
 });
 
