@@ -15,6 +15,7 @@ const commands: Record<string, () => Promise<Command>> = {
   agent: async () => (await import('./agent-command.js')).agentCommand,
   sandbox: async () => (await import('./sandbox-command.js')).sandboxCommand,
   explain: async () => (await import('./explain-command.js')).explainCommand,
+  audit: async () => (await import('./audit-command.js')).auditCommand,
 };
 
 function mainHelp(): string {
@@ -26,6 +27,7 @@ Commands:
   agent      run the node agent (loads and attaches the BPF datapath)
   sandbox    build a simulated node on this machine and run the agent on it
   explain    show the verdict for one flow and the policies and rules behind it
+  audit      verify the tamper-evident audit log (weir audit verify FILE)
 
 Run 'weir <command> --help' for the options of a command.
 `;
