@@ -38,7 +38,8 @@ allow rule, not isolated), the policies that select the pod and the rules that
 match the destination. Exit status: 0 allow, 1 drop, 3 audit, 2 usage error.
 
 Examples:
-  weir explain --manifests deploy/examples/sandbox --from ml-train/trainer --to 203.0.113.10:443/TCP
+  weir sandbox up --manifests /tmp/weir-demo    # writes the sandbox's pods and the example policies
+  weir explain --manifests /tmp/weir-demo --from ml-train/trainer --to 203.0.113.10:443/TCP
   weir explain --from ml-train/trainer --to ml-serving/model-server:http     # the live agent
 `;
 

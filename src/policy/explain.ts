@@ -3,6 +3,7 @@
 // [IPv6]:PORT/PROTO, or NS/POD:PORT[/PROTO] where PORT may be a container
 // port name of that pod. PROTO defaults to TCP.
 import { isIP } from 'node:net';
+import ipaddr from 'ipaddr.js';
 import type { Pod } from '../model/types.js';
 import { podIPs } from './compile.js';
 import { PolicyEngine, describeBits, type DesiredState, type Explanation, type PolicyInputs } from './engine.js';
@@ -25,6 +26,14 @@ function parseProto(s: string | undefined, ip: string): { proto: number; name: s
   const proto = PROTOS[name === 'ICMP' && isIP(ip) === 6 ? 'ICMPV6' : name];
   if (proto === undefined) throw new ExplainError(`unknown protocol ${JSON.stringify(s)} (TCP, UDP, SCTP, ICMP)`);
   return { proto, name };
+}
+
+function sameAddress(a: string, b: string): boolean {
+  try {
+    return ipaddr.parse(a).toNormalizedString() === ipaddr.parse(b).toNormalizedString();
+  } catch {
+    return false;
+  }
 }
 
 function findPod(pods: Iterable<Pod>, ref: string): Pod {
@@ -76,7 +85,9 @@ export function parseDestination(to: string, pods: Iterable<Pod>): Destination {
   return { ip, proto, protoName: name, port: PORTED.has(proto) ? port : null };
 }
 
-export interface ExplainResult extends Explanation {
+export interface ExplainResult extends Omit<Explanation, 'reason'> {
+  /** The engine's reasons, and `own-address`: a pod reaching its own IP is never judged (as loopback). */
+  reason: Explanation['reason'] | 'own-address';
   from: string;
   to: Destination;
 }
@@ -88,7 +99,11 @@ export function explain(inputs: PolicyInputs, from: string, to: string): Explain
   const dp = state.pods.find((p) => p.uid === src.metadata.uid);
   if (!dp) throw new ExplainError(`pod ${from} is not governed (no uid, host network, or finished)`);
   const dst = parseDestination(to, inputs.pods());
-  return { ...engine.explain(state, dp, dst.ip, dst.proto, dst.port), from, to: dst };
+  const e = engine.explain(state, dp, dst.ip, dst.proto, dst.port);
+  // The datapath passes a pod's traffic to its own addresses like loopback
+  // (Kubernetes never isolates a pod from itself); rules that match are still shown.
+  if (e.verdict !== 'allow' && podIPs(src).some((ip) => sameAddress(ip, dst.ip))) return { ...e, verdict: 'allow', reason: 'own-address', from, to: dst };
+  return { ...e, from, to: dst };
 }
 
 export function formatExplanation(r: ExplainResult): string {
