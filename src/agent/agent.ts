@@ -3,7 +3,7 @@
 // from the kernel are enriched with pod, workload, domain, policy and rule
 // and reported (log line, metrics).
 import { readFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import { Registry } from 'prom-client';
 import { ObjectStore, type StoreChange } from '../model/store.js';
@@ -20,6 +20,9 @@ import type { ApplyResult, PodBinding } from '../datapath/state-writer.js';
 import { cgroupIdOf, findPodCgroup, findPodsRoot, type PodsRoot } from '../datapath/cgroups.js';
 import { ExplainError, explain } from '../policy/explain.js';
 import { LocalApi, LocalApiError } from './local-api.js';
+import { ObserveHub, type ObserveFilter } from './observe.js';
+import { policyDigest } from './policy-digest.js';
+import { AuditLog, type AuditLogOptions } from '../audit/audit-log.js';
 import { AgentMetrics, type KernelCountSample } from '../report/metrics.js';
 import { domainOf, workloadOf } from '../report/workload.js';
 
@@ -47,6 +50,8 @@ export interface AgentOptions {
   bpffs: string;
   pinDir?: string;
   metricsAddr: string | null;
+  /** Append the tamper-evident audit log to this file (docs/audit.md). */
+  auditLog?: { path: string; options?: Omit<AuditLogOptions, 'logger' | 'onCheckpoint' | 'onError'> };
   /** The local API's Unix socket (root only), for `weir explain` and friends; null: none. */
   apiSocket?: string | null;
   objectsDir?: string;
@@ -54,6 +59,24 @@ export interface AgentOptions {
   eventIntervalMs?: number;
   /** How long to wait for the kubelet's pods cgroup to appear at start. */
   podsRootWaitMs?: number;
+}
+
+export interface AgentStatus {
+  version: string;
+  node: string | null;
+  startedAt: string;
+  ready: boolean;
+  source: { kind: 'manifests'; dir: string } | { kind: 'kubernetes'; resources: ResourceStatus[] };
+  podsRoot: { dir: string; driver: string; level: number };
+  attachments: { program: string; linkId: number; action: string }[];
+  pinDir: string;
+  maps: Record<string, { used: number; capacity: number }>;
+  policy: { generation: number; policies: number; sets: number; problems: { policy: string; error: string }[] };
+  pods: { enforced: number; pendingCgroup: number };
+  workloads: { workload: string; pods: number }[];
+  events: { sent: number; aggregated: number; lostKernel: number; lostObserve: number; observers: number };
+  learnedNames: string[];
+  auditLog: { path: string; head: { seq: number; hash: string } | null } | null;
 }
 
 export interface Violation {
@@ -102,6 +125,11 @@ export class Agent {
   private source: Source | null = null;
   private server: Server | null = null;
   private api: LocalApi | null = null;
+  private audit: AuditLog | null = null;
+  private readonly observers = new ObserveHub();
+  private readonly startedAt = new Date();
+  /** The generation last recorded in the audit log. */
+  private auditedGeneration: number | null = null;
   private state: DesiredState | null = null;
   /** Policy id -> mode of the current state, for enriching events without scans. */
   private policyModes = new Map<string, 'Enforce' | 'Audit'>();
@@ -135,6 +163,11 @@ export class Agent {
         kernelCounts: () => this.kernelCounts(),
         kernelStats: () => this.datapath.stats(),
         mapUsage: () => this.datapath.writer.usage(),
+        slowMapUsage: () => this.lruMapUsage(),
+        liveWorkloads: () => this.endpoints.values(),
+        livePolicies: () => this.policyModes.keys(),
+        ready: () => this.ready,
+        userspaceDrops: () => ({ observe: this.observers.dropped }),
       },
       { version: VERSION, node: opts.nodeName ?? '' },
     );
@@ -164,6 +197,7 @@ export class Agent {
   }
 
   private async run(logger: Logger): Promise<void> {
+    if (this.opts.auditLog) await this.openAuditLog(this.opts.auditLog.path, this.opts.auditLog.options ?? {});
     const a = this.datapath.adopted;
     if (a.pods + a.sets > 0) this.log.info({ adopted: a }, 'adopted pinned datapath state from a previous agent');
     this.attached = this.datapath.attach(this.podsRoot.dir, cgroupIdOf(this.podsRoot.dir));
@@ -178,7 +212,15 @@ export class Agent {
     );
     if (this.opts.metricsAddr) await this.listen(this.opts.metricsAddr);
     if (this.opts.apiSocket) {
-      this.api = new LocalApi(this.opts.apiSocket, { '/v1/explain': (q) => this.explainFlow(q.get('from'), q.get('to')) }, this.log);
+      this.api = new LocalApi(
+        this.opts.apiSocket,
+        {
+          '/v1/explain': (q) => this.explainFlow(q.get('from'), q.get('to')),
+          '/v1/status': () => this.status(),
+          '/v1/observe': (q, req, res) => this.observe(q, req, res),
+        },
+        this.log,
+      );
       await this.api.listen();
     }
 
@@ -191,6 +233,35 @@ export class Agent {
     this.synced = true;
     await this.reconcile();
     this.log.info({ generation: this.datapath.writer.generation, pods: this.endpoints.size }, 'agent ready');
+  }
+
+  private async openAuditLog(path: string, options: Omit<AuditLogOptions, 'logger' | 'onCheckpoint' | 'onError'>): Promise<void> {
+    const log = this.log.child({ component: 'audit' });
+    this.audit = await AuditLog.open(path, {
+      ...options,
+      logger: log,
+      // Checkpoints also go to the agent log, which is shipped off the node:
+      // a copy an attacker on the node cannot rewrite (weir audit verify --checkpoint).
+      onCheckpoint: (cp) => log.info({ auditCheckpoint: cp }, 'audit log checkpoint'),
+      onError: (err) => {
+        this.metrics.syncErrors.inc({ kind: 'audit-log' });
+        log.error({ err, path }, 'writing the audit log failed; no further audit records are written');
+      },
+    });
+    const o = this.audit.opened;
+    if (o.state === 'chain-broken') log.error({ path, broken: o.record.data }, 'the audit log did not verify on open; it was set aside and a new chain started');
+    else log.info({ path, ...o }, 'audit log open');
+    this.auditRecord('start', { version: VERSION, node: this.opts.nodeName });
+  }
+
+  /** Appends to the audit log, if any; a failed log is reported once (onError), never thrown into the agent. */
+  private auditRecord(...args: Parameters<AuditLog['append']>): void {
+    if (!this.audit) return;
+    try {
+      this.audit.append(...args);
+    } catch (err) {
+      this.log.debug({ err }, 'audit record not written');
+    }
   }
 
   private createSource(logger: Logger): Source {
@@ -206,6 +277,7 @@ export class Agent {
         dir: manifests,
         store: this.store,
         logger: logger.child({ component: 'manifests' }),
+        registry: this.registry,
         onError: () => this.metrics.syncErrors.inc({ kind: 'manifest' }),
       });
     }
@@ -231,6 +303,63 @@ export class Agent {
       if (err instanceof ExplainError) throw new LocalApiError(err.message);
       throw err;
     }
+  }
+
+  /** What `weir status` prints: attachments, maps against capacity, policy, workloads, sources, events lost. */
+  status(): AgentStatus {
+    const stats = this.datapath.stats();
+    const workloads = new Map<string, number>();
+    for (const ep of this.endpoints.values()) workloads.set(`${ep.namespace}/${ep.workload}`, (workloads.get(`${ep.namespace}/${ep.workload}`) ?? 0) + 1);
+    const head = this.audit?.head ?? null;
+    return {
+      version: VERSION,
+      node: this.opts.nodeName,
+      startedAt: this.startedAt.toISOString(),
+      ready: this.ready,
+      source: this.opts.manifests !== undefined ? { kind: 'manifests', dir: this.opts.manifests } : { kind: 'kubernetes', resources: this.watchStatus() },
+      podsRoot: { dir: this.podsRoot.dir, driver: this.podsRoot.driver, level: this.podsRoot.level },
+      attachments: this.attached.map((a) => ({ program: a.program, linkId: a.linkId, action: a.action })),
+      pinDir: this.datapath.pinDir,
+      maps: this.datapath.writer.usage(),
+      policy: {
+        generation: this.datapath.writer.generation,
+        policies: this.state?.policies.length ?? 0,
+        sets: this.state?.sets.size ?? 0,
+        problems: this.state?.problems.map((p) => ({ policy: p.policyId, error: p.message })) ?? [],
+      },
+      pods: { enforced: this.endpoints.size, pendingCgroup: this.pendingCgroups.size },
+      workloads: [...workloads].map(([w, pods]) => ({ workload: w, pods })).sort((a, b) => a.workload.localeCompare(b.workload)),
+      events: {
+        sent: Number(stats.events_sent),
+        aggregated: Number(stats.events_aggregated),
+        lostKernel: Number(stats.events_lost),
+        lostObserve: this.observers.dropped,
+        observers: this.observers.size,
+      },
+      // FQDN peers are not built yet: there are no learned names to show.
+      learnedNames: [],
+      auditLog: this.opts.auditLog ? { path: this.opts.auditLog.path, head } : null,
+    };
+  }
+
+  private observe(q: URLSearchParams, req: IncomingMessage, res: ServerResponse): undefined {
+    const filter: ObserveFilter = {};
+    for (const k of ['namespace', 'pod', 'domain', 'verdict', 'policy'] as const) {
+      const v = q.get(k);
+      if (v) filter[k] = v;
+    }
+    if (filter.verdict && !['drop', 'audit'].includes(filter.verdict)) throw new LocalApiError('verdict must be drop or audit (allowed flows are counted, not streamed)');
+    res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
+    // A first line, so a client knows the stream is open before any violation.
+    res.write(`${JSON.stringify({ type: 'hello', node: this.opts.nodeName, generation: this.datapath.writer.generation })}\n`);
+    const off = this.observers.subscribe(filter, res);
+    req.on('close', off);
+    return undefined;
+  }
+
+  /** The audit log, when --audit-log is set. */
+  get auditLog(): AuditLog | null {
+    return this.audit;
   }
 
   /** Per-resource watch state when reading from the Kubernetes API; empty otherwise. */
@@ -314,8 +443,13 @@ export class Agent {
     this.endpoints = eps;
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
     this.metrics.compileDuration.observe(seconds);
+    if (this.audit && (this.auditedGeneration === null || res.setsWritten + res.setsRemoved + res.podsWritten + res.podsRemoved > 0)) {
+      this.auditRecord('policy', { fromGeneration: this.auditedGeneration, toGeneration: res.generation, digest: policyDigest(state), sets: state.sets.size, pods: bindings.length });
+      this.auditedGeneration = res.generation;
+    }
     this.metrics.policyGeneration.set(res.generation);
-    this.metrics.workloadsKnown.set(eps.size);
+    this.metrics.podsGoverned.set(eps.size);
+    this.metrics.policyCompileFailing.set(state.problems.length + res.failedSets.length);
     this.metrics.mapWrites.inc({ what: 'sets' }, res.setsWritten);
     this.metrics.mapWrites.inc({ what: 'nodes' }, res.nodesWritten);
     this.metrics.mapWrites.inc({ what: 'classes' }, res.classesWritten);
@@ -360,14 +494,14 @@ export class Agent {
     for (const e of events) {
       const v = this.enrich(e);
       if (!v) continue;
-      this.metrics.violations.inc(
-        { namespace: v.namespace, workload: v.workload, domain: v.domain, verdict: v.verdict, reason: v.reason, policy: v.policy },
-        v.count,
-      );
+      this.metrics.violation(v, v.count);
       const line = { event: 'violation', ...v };
       if (v.verdict === 'drop') this.log.warn(line, 'egress denied');
       else if (v.verdict === 'audit') this.log.warn(line, 'egress would be denied (audit)');
       else this.log.info(line, 'egress verdict');
+      this.observers.publish(v);
+      if (v.verdict === 'drop') this.auditRecord('violation', v);
+      else if (v.verdict === 'audit') this.auditRecord('audit', v);
       for (const cb of this.violationListeners) cb(v);
     }
   }
@@ -429,6 +563,16 @@ export class Agent {
     return out;
   }
 
+  /** The LRU hash maps, whose entries only a walk in the kernel can count (metrics read them at most every few seconds). */
+  private lruMapUsage(): Record<string, { used: number; capacity: number }> {
+    const c = this.datapath.capacities();
+    return {
+      weir_ct: { used: this.datapath.hashMapEntries('weir_ct'), capacity: c.conntrack },
+      weir_ct_out: { used: this.datapath.hashMapEntries('weir_ct_out'), capacity: c.outboundFlows },
+      weir_agg: { used: this.datapath.hashMapEntries('weir_agg'), capacity: c.aggregation },
+    };
+  }
+
   private retireEndpoint(endpointId: number, final: EndpointCounters): void {
     const ep = this.endpoints.get(endpointId);
     if (ep) this.metrics.retire(samplesOf(ep, final));
@@ -482,6 +626,10 @@ export class Agent {
     await this.applying;
     await this.source?.stop();
     await this.api?.close();
+    if (this.audit) {
+      this.auditRecord('stop', { version: VERSION, node: this.opts.nodeName });
+      await this.audit.close().catch((err: unknown) => this.log.error({ err }, 'closing the audit log failed'));
+    }
     if (this.server) await new Promise<void>((r) => this.server?.close(() => r()));
     this.datapath.drainEvents();
     this.datapath.close();

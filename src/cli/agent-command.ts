@@ -39,8 +39,14 @@ Options:
                          Default: 0.0.0.0:9464. Use "off" to disable.
   --api-socket PATH      The local API (root only) for weir explain on this node.
                          Default: ${DEFAULT_API_SOCKET}. Use "off" to disable.
-  --audit-log FILE       Append the tamper-evident audit log to FILE (not available yet
-                         in this build).
+  --audit-log FILE       Append the tamper-evident audit log to FILE: one SHA-256-chained
+                         JSON line per violation, audit verdict, policy change and agent
+                         start/stop, with periodic checkpoints (also written to the agent
+                         log). Check it with weir audit verify FILE. See docs/audit.md.
+  --audit-max-bytes N    Rotate the audit log at N bytes (default 16777216); the chain
+                         continues in the next file.
+  --audit-max-files N    Rotated audit files kept (default 10).
+  --audit-signing-key F  Sign audit checkpoints with this Ed25519 private key (PEM).
   --log-level LEVEL      ${LOG_LEVELS.join(', ')}. Default: info
   --event-interval MS    At most one violation event per flow per MS milliseconds;
                          counters stay exact. Default: 1000
@@ -78,14 +84,19 @@ export const agentCommand: Command = {
       'pin-dir': { type: 'string' },
       'metrics-addr': { type: 'string', default: '0.0.0.0:9464' },
       'audit-log': { type: 'string' },
+      'audit-max-bytes': { type: 'string' },
+      'audit-max-files': { type: 'string' },
+      'audit-signing-key': { type: 'string' },
       'log-level': { type: 'string', default: 'info' },
       'event-interval': { type: 'string' },
       'max-pods': { type: 'string' },
       'max-trie-nodes': { type: 'string' },
       'max-port-classes': { type: 'string' },
     });
-    if (values['audit-log'] !== undefined) {
-      throw new UsageError('--audit-log is not in this build yet');
+    const auditOnly = (['audit-max-bytes', 'audit-max-files', 'audit-signing-key'] as const).filter((k) => values[k] !== undefined);
+    if (values['audit-log'] === undefined && auditOnly.length > 0) throw new UsageError(`--${auditOnly[0]} needs --audit-log FILE`);
+    if (values['audit-signing-key'] !== undefined && !existsSync(values['audit-signing-key'])) {
+      throw new UsageError(`--audit-signing-key ${values['audit-signing-key']}: no such file`);
     }
     const manifests = values.manifests;
     if (manifests !== undefined && values.kubeconfig !== undefined) {
@@ -135,6 +146,18 @@ export const agentCommand: Command = {
       capacities,
     };
     if (values['pin-dir']) opts.pinDir = values['pin-dir'];
+    if (values['audit-log'] !== undefined) {
+      const maxBytes = positiveInt('audit-max-bytes', values['audit-max-bytes']);
+      const maxFiles = positiveInt('audit-max-files', values['audit-max-files']);
+      opts.auditLog = {
+        path: values['audit-log'],
+        options: {
+          ...(maxBytes !== undefined ? { maxBytes } : {}),
+          ...(maxFiles !== undefined ? { maxFiles } : {}),
+          ...(values['audit-signing-key'] !== undefined ? { signingKey: values['audit-signing-key'] } : {}),
+        },
+      };
+    }
     const interval = positiveInt('event-interval', values['event-interval']);
     if (interval) opts.eventIntervalMs = interval;
 

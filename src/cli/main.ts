@@ -16,6 +16,8 @@ const commands: Record<string, () => Promise<Command>> = {
   sandbox: async () => (await import('./sandbox-command.js')).sandboxCommand,
   explain: async () => (await import('./explain-command.js')).explainCommand,
   audit: async () => (await import('./audit-command.js')).auditCommand,
+  status: async () => (await import('./status-command.js')).statusCommand,
+  observe: async () => (await import('./observe-command.js')).observeCommand,
 };
 
 function mainHelp(): string {
@@ -27,6 +29,8 @@ Commands:
   agent      run the node agent (loads and attaches the BPF datapath)
   sandbox    build a simulated node on this machine and run the agent on it
   explain    show the verdict for one flow and the policies and rules behind it
+  status     show the state of the agent on this node
+  observe    stream the agent's verdicts live, with filters
   audit      verify the tamper-evident audit log (weir audit verify FILE)
 
 Run 'weir <command> --help' for the options of a command.

@@ -11,6 +11,14 @@ import { Sandbox } from '../../src/sandbox/sandbox.js';
 import type { SandboxSpec } from '../../src/sandbox/spec.js';
 import { probeIcmp, probeTcp, probeUdp, startServer, startStream, type ProbeProcess } from './helpers/traffic.js';
 import { BPFFS } from '../helpers/kernel.js';
+import { verifyAuditLog } from '../../src/audit/verify.js';
+import { readFileSync, statSync } from 'node:fs';
+import { request } from 'node:http';
+import { createInterface } from 'node:readline';
+import { queryLocalApi } from '../../src/agent/local-api.js';
+import { formatStatus, statusCommand } from '../../src/cli/status-command.js';
+import type { AgentStatus } from '../../src/agent/agent.js';
+import { PROGRAMS } from '../../src/datapath/datapath.js';
 
 const spec: SandboxSpec = {
   id: `e2e${process.pid % 100000}`,
@@ -52,6 +60,7 @@ spec:
 let sb: Sandbox;
 let agent: Agent;
 let dir: string;
+let auditDir: string;
 const pinDir = join(BPFFS, `weir-e2e-${process.pid}`);
 const servers: ProbeProcess[] = [];
 const violations: Violation[] = [];
@@ -70,6 +79,7 @@ beforeAll(async () => {
   await Sandbox.cleanupLeftovers();
   sb = await Sandbox.create(spec);
   dir = mkdtempSync(join(tmpdir(), 'weir-e2e-'));
+  auditDir = mkdtempSync(join(tmpdir(), 'weir-e2e-audit-'));
   sb.writeManifests(dir);
   writeFileSync(join(dir, 'train-data.yaml'), TRAIN_POLICY);
   writeFileSync(join(dir, 'prod-model.yaml'), SERVING_POLICY);
@@ -77,7 +87,16 @@ beforeAll(async () => {
   servers.push(await startServer(sb, 'public-internet', { tcp: [443], udp: [53] }));
   servers.push(await startServer(sb, 'ml-serving/model-server', { tcp: [8080] }));
   agent = await Agent.start(
-    { manifests: dir, nodeName: spec.nodeName ?? null, cgroupRoot: sb.cgroupRoot, bpffs: BPFFS, pinDir, metricsAddr: '127.0.0.1:0' },
+    {
+      manifests: dir,
+      nodeName: spec.nodeName ?? null,
+      cgroupRoot: sb.cgroupRoot,
+      bpffs: BPFFS,
+      pinDir,
+      metricsAddr: '127.0.0.1:0',
+      auditLog: { path: join(auditDir, 'audit.log') },
+      apiSocket: join(auditDir, 'weir.sock'),
+    },
     pino({ level: process.env.WEIR_TEST_LOG ?? 'silent' }),
   );
   agent.onViolation((v) => violations.push(v));
@@ -91,6 +110,7 @@ afterAll(async () => {
   }
   await sb?.destroy();
   if (dir) rmSync(dir, { recursive: true, force: true });
+  if (auditDir) rmSync(auditDir, { recursive: true, force: true });
 });
 
 describe('enforcement on the sandbox node', () => {
@@ -202,5 +222,87 @@ describe('enforcement on the sandbox node', () => {
     expect(body).toMatch(/weir_violations_total\{[^}]*namespace="ml-train"[^}]*verdict="drop"[^}]*\} [1-9]/);
     expect(body).toMatch(/weir_datapath_packets_total\{[^}]*workload="Pod\/trainer"[^}]*verdict="allow"[^}]*\} [1-9]/);
     expect(body).toMatch(/weir_datapath_socket_verdicts_total\{[^}]*verdict="drop"[^}]*\} [1-9]/);
+  });
+
+  it('writes violations and policy changes to the audit log, which verifies', async () => {
+    const log = agent.auditLog;
+    if (!log) throw new Error('no audit log');
+    await log.flush({ sync: true });
+    const path = join(auditDir, 'audit.log');
+    const records = readFileSync(path, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { kind: string; data: Record<string, unknown> });
+    expect(records[0]).toMatchObject({ kind: 'start', data: { node: spec.nodeName } });
+    const policies = records.filter((r) => r.kind === 'policy');
+    // The first apply, then each file edit above that changed what is enforced.
+    expect(policies.length).toBeGreaterThanOrEqual(3);
+    expect(policies[0]?.data).toMatchObject({ fromGeneration: null });
+    expect(String(policies[0]?.data.digest)).toMatch(/^sha256:[0-9a-f]{64}$/);
+    expect(new Set(policies.map((p) => p.data.digest)).size).toBeGreaterThan(1);
+    const denied = records.find((r) => r.kind === 'violation' && r.data.destination === '203.0.113.10' && r.data.port === 443);
+    expect(denied?.data).toMatchObject({ namespace: 'ml-train', pod: 'trainer', verdict: 'drop', policy: 'EgressPolicy/ml-train/train-data' });
+    const v = await verifyAuditLog(path);
+    expect(v.ok, JSON.stringify(v)).toBe(true);
+    expect(v.records).toBe(records.length);
+  });
+
+  it('weir observe streams the verdicts that pass its filter, live', async () => {
+    const socket = join(auditDir, 'weir.sock');
+    expect(statSync(socket).mode & 0o777).toBe(0o600);
+    const open = (query: string): Promise<{ lines: Record<string, unknown>[]; close: () => void }> =>
+      new Promise((resolve, reject) => {
+        const lines: Record<string, unknown>[] = [];
+        const req = request({ socketPath: socket, path: `/v1/observe?${query}` }, (res) => {
+          res.on('error', () => undefined); // the test destroys the request to unsubscribe
+          createInterface({ input: res })
+            .on('error', () => undefined) // readline forwards the stream's error
+            .on('line', (l) => lines.push(JSON.parse(l) as Record<string, unknown>));
+          resolve({ lines, close: () => req.destroy() });
+        });
+        req.on('error', reject);
+        req.end();
+      });
+    const trainer = await open('namespace=ml-train&verdict=drop');
+    const other = await open('pod=ml-gateway/gateway');
+    try {
+      await waitFor('hello', () => (trainer.lines.length > 0 ? true : null));
+      expect((await probeTcp(sb, 'ml-train/trainer', 'public-internet', 443, { timeoutMs: 2000 })).code).toBe('EPERM');
+      const seen = await waitFor('an observed verdict', () => trainer.lines.find((l) => l.type === 'verdict' && l.destination === '203.0.113.10') ?? null);
+      expect(seen).toMatchObject({ namespace: 'ml-train', pod: 'trainer', verdict: 'drop', policy: 'EgressPolicy/ml-train/train-data', port: 443 });
+      expect(other.lines.filter((l) => l.type === 'verdict')).toEqual([]);
+      const bad = await queryLocalApi(socket, '/v1/observe?verdict=allow');
+      expect(bad.status).toBe(400);
+    } finally {
+      trainer.close();
+      other.close();
+    }
+  });
+
+  it('weir status reports attachments, maps against capacity, policy, workloads and events', async () => {
+    const socket = join(auditDir, 'weir.sock');
+    const r = await queryLocalApi(socket, '/v1/status');
+    expect(r.status).toBe(200);
+    const s = r.body as AgentStatus;
+    expect(s.ready).toBe(true);
+    expect(s.attachments.map((a) => a.program).sort()).toEqual(PROGRAMS.map((p) => p.program).sort());
+    expect(s.attachments.every((a) => a.linkId > 0)).toBe(true);
+    expect(s.maps.weir_pods?.used).toBe(3);
+    expect(s.maps.weir_pods?.capacity).toBeGreaterThan(3);
+    expect(s.policy.generation).toBe(agent.datapath.writer.generation);
+    expect(s.pods.enforced).toBe(3);
+    expect(s.events.sent).toBeGreaterThan(0);
+    expect(s.auditLog?.head?.seq).toBeGreaterThan(1);
+    const text = formatStatus(s);
+    expect(text).toMatch(/ready/);
+    expect(text).toMatch(/weir_pods\s+3 \//);
+    const out: string[] = [];
+    const write = process.stdout.write.bind(process.stdout);
+    process.stdout.write = ((x: string) => out.push(x) > 0) as typeof process.stdout.write;
+    let code: number;
+    try {
+      code = await statusCommand.run(['--api-socket', socket]);
+    } finally {
+      process.stdout.write = write;
+    }
+    expect(code).toBe(0);
+    expect(out.join('')).toMatch(/weir_connect4\s+link \d+/);
   });
 });
