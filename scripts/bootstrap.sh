@@ -4,7 +4,8 @@
 set -eu
 
 PKGS="clang llvm libbpf-dev libelf-dev zlib1g-dev linux-libc-dev make g++ python3 \
-bpftool iproute2 iptables ipset nftables iperf3 sockperf dnsmasq-base libcap2-bin iputils-ping"
+bpftool iproute2 iptables ipset nftables iperf3 sockperf dnsmasq-base libcap2-bin iputils-ping \
+prometheus"
 
 missing=""
 for p in $PKGS; do

@@ -568,7 +568,6 @@ export class Agent {
     const c = this.datapath.capacities();
     return {
       weir_ct: { used: this.datapath.hashMapEntries('weir_ct'), capacity: c.conntrack },
-      weir_ct_out: { used: this.datapath.hashMapEntries('weir_ct_out'), capacity: c.outboundFlows },
       weir_agg: { used: this.datapath.hashMapEntries('weir_agg'), capacity: c.aggregation },
     };
   }

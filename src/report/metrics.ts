@@ -1,12 +1,26 @@
-// Prometheus metrics of the agent (prom-client). Label values come only from
-// bounded sets: namespace, workload, domain, verdict, reason, policy. Never
-// pod names, IPs, ports or UIDs. Kernel counters are exported exactly: a
-// pod's final counts are kept in a retired total when it goes away, so the
-// exported counters never go backwards.
-import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+// Prometheus metrics of the agent (prom-client), documented in docs/metrics.md.
+//
+// Cardinality: label values come only from bounded sets (namespace,
+// workload, domain, verdict, reason, policy, map, outcome, kind). Never pod
+// names, IPs, ports or UIDs. The `workload` label is the pod's controller
+// ("Deployment/api", "Job/etl"); a pod without one is `Pod`, never
+// "Pod/<name>": bare pods are often created by scripts with generated
+// names, and their names are in the logs, Events and audit log anyway.
+//
+// Lifecycle of per-workload series: kernel counters are exported exactly,
+// so a departing pod's final counts are kept in a retired total while its
+// workload still has pods here (counters never go backwards). Once no pod
+// of a workload (namespace, workload, domain) is left on this node, its
+// series stay for `seriesLingerMs`, counted from the first scrape that finds
+// it gone, and are then removed; a violation series naming a policy that no
+// longer exists goes the same way. The linger lets the last scrapes see the
+// final counts; Prometheus then marks the series stale. So the number of
+// series follows the workloads present, not the pods that ever ran.
+import { Counter, Gauge, Histogram, collectDefaultMetrics, type Registry } from 'prom-client';
 
 export interface WorkloadKey {
   namespace: string;
+  /** As workloadOf() names it ("Deployment/api", "Pod/runner-x7"); bare pods are folded to `Pod` here. */
   workload: string;
   domain: string;
 }
@@ -18,29 +32,104 @@ export interface KernelCountSample extends WorkloadKey {
   bytes: bigint;
 }
 
+export interface MapUsage {
+  used: number;
+  capacity: number;
+}
+
 export interface MetricsSources {
   /** Live kernel counters, one sample per endpoint, kind and verdict. */
   kernelCounts(): KernelCountSample[];
+  /** The datapath's global counters (weir_stats), by STAT_NAMES name. */
   kernelStats(): Record<string, bigint>;
-  mapUsage(): Record<string, { used: number; capacity: number }>;
+  /** Entries and capacity of the maps the agent tracks itself (cheap). */
+  mapUsage(): Record<string, MapUsage>;
+  /** Maps whose entries must be walked in the kernel (LRU hashes): read at most every SLOW_MAPS_MS. */
+  slowMapUsage?(): Record<string, MapUsage>;
+  /** The workloads with a governed pod on this node now (one entry per pod is fine). */
+  liveWorkloads(): Iterable<WorkloadKey>;
+  /** Ids of the policies in force ("EgressPolicy/ns/name"). Without it, violation series are kept per workload only. */
+  livePolicies?(): Iterable<string>;
+  /** Programs attached and first policy written (the /readyz answer). */
+  ready?(): boolean;
+  /** Events dropped so far by the agent's own bounded queues, by consumer (monotonic totals). */
+  userspaceDrops?(): Record<string, number>;
 }
+
+export interface MetricsInfo {
+  version: string;
+  node: string;
+  /** How long series of a workload that left this node stay exported (default 5 minutes). */
+  seriesLingerMs?: number;
+  /** Clock, for tests. */
+  now?: () => number;
+  /** Also export prom-client's process_* and nodejs_* metrics (default true). */
+  processMetrics?: boolean;
+}
+
+/** The violation fields that become labels. */
+export interface ViolationLabels extends WorkloadKey {
+  verdict: string;
+  reason: string;
+  policy: string;
+}
+
+const DEFAULT_LINGER_MS = 5 * 60_000;
+const SLOW_MAPS_MS = 5_000;
+
+/** Sync error kinds exported at 0 from the start, so `increase()` sees their first error. */
+export const SYNC_ERROR_KINDS = ['manifest', 'watch', 'invalid-object', 'compile', 'datapath', 'audit-log'] as const;
+
+/**
+ * Where each kernel stat goes. Every name in STAT_NAMES (datapath/abi.ts)
+ * must be here: test/unit/metrics.test.ts checks it.
+ */
+export const STAT_METRICS: Record<string, { metric: 'events' | 'parse' | 'conntrack' | 'aggFailed' | 'fragments'; labels: Labels }> = {
+  events_sent: { metric: 'events', labels: { outcome: 'sent' } },
+  events_lost: { metric: 'events', labels: { outcome: 'lost' } },
+  events_aggregated: { metric: 'events', labels: { outcome: 'aggregated' } },
+  parse_errors: { metric: 'parse', labels: {} },
+  ct_insert: { metric: 'conntrack', labels: { result: 'ok' } },
+  ct_insert_failed: { metric: 'conntrack', labels: { result: 'failed' } },
+  agg_insert_failed: { metric: 'aggFailed', labels: {} },
+  fragments: { metric: 'fragments', labels: {} },
+};
 
 type Labels = Record<string, string>;
 
 function keyOf(l: Labels): string {
-  return JSON.stringify(Object.entries(l).sort());
+  return JSON.stringify(Object.entries(l).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+}
+
+/** The `workload` label value: the controller, or `Pod` for a pod without one. */
+export function workloadLabel(workload: string): string {
+  return workload.startsWith('Pod/') ? 'Pod' : workload;
+}
+
+function workloadKeyOf(k: WorkloadKey): string {
+  return keyOf({ namespace: k.namespace, workload: workloadLabel(k.workload), domain: k.domain });
 }
 
 /** Exports a monotonic kernel total as a prom-client counter by adding deltas. */
 class DeltaCounter {
-  private readonly last = new Map<string, number>();
-  constructor(private readonly counter: Counter<string>) {}
+  private readonly last = new Map<string, { labels: Labels; total: number }>();
+  constructor(readonly counter: Counter<string>) {}
+
   set(labels: Labels, total: number): void {
     const k = keyOf(labels);
-    const prev = this.last.get(k) ?? 0;
-    if (total > prev) this.counter.inc(labels, total - prev);
-    else if (total < prev) return; // never go backwards
-    this.last.set(k, total);
+    const prev = this.last.get(k);
+    if (prev === undefined) this.counter.inc(labels, total); // exported from 0 on, even if 0
+    else if (total > prev.total) this.counter.inc(labels, total - prev.total);
+    else return; // never go backwards
+    this.last.set(k, { labels, total });
+  }
+
+  removeWhere(pred: (labels: Labels) => boolean): void {
+    for (const [k, v] of this.last) {
+      if (!pred(v.labels)) continue;
+      this.counter.remove(v.labels);
+      this.last.delete(k);
+    }
   }
 }
 
@@ -49,179 +138,285 @@ export class AgentMetrics {
   readonly policyGeneration: Gauge;
   readonly compileDuration: Histogram;
   readonly syncErrors: Counter<'kind'>;
-  readonly workloadsKnown: Gauge;
+  /** Policies (and policy sets) whose latest version could not be compiled, now. */
+  readonly policyCompileFailing: Gauge;
+  readonly podsGoverned: Gauge;
   readonly podsPendingCgroup: Gauge;
   readonly cgroupRetries: Counter;
-  readonly eventsDroppedUserspace: Counter;
+  readonly eventsDroppedUserspace: Counter<'consumer'>;
   readonly unknownRecords: Counter<'type'>;
   readonly mapWrites: Counter<'what'>;
 
+  private readonly lingerMs: number;
+  private readonly now: () => number;
+  /** Final counts of departed pods, by series (labels include `kind`), while their workload lives. */
   private readonly retired = new Map<string, { labels: Labels; packets: bigint; bytes: bigint }>();
+  /** Violation series, for removing them. */
+  private readonly violationSeries = new Map<string, Labels>();
+  /** Workloads that have series, and since when each has had no pod here. */
+  private readonly workloads = new Map<string, { key: Labels; goneSince: number | null }>();
+  private readonly policiesGone = new Map<string, number>();
+  private slowMaps: { at: number; usage: Record<string, MapUsage> } | null = null;
 
   constructor(
     registry: Registry,
     private readonly sources: MetricsSources,
-    info: { version: string; node: string },
+    info: MetricsInfo,
   ) {
+    this.lingerMs = info.seriesLingerMs ?? DEFAULT_LINGER_MS;
+    this.now = info.now ?? Date.now;
+    const registers = [registry];
+    // One collection per scrape, shared by every metric that reads the kernel.
+    // registry.metrics() calls every metric's get(), hence collect(),
+    // synchronously before awaiting any: all of one scrape join the promise
+    // made by the first, and the next scrape makes a new one.
+    let collecting: Promise<void> | null = null;
+    const collect = async (): Promise<void> => {
+      collecting ??= Promise.resolve().then(() => {
+        collecting = null;
+        this.collectKernel();
+      });
+      await collecting;
+    };
+    const wl = ['namespace', 'workload', 'domain', 'verdict'] as const;
+
     const packets = new Counter({
       name: 'weir_datapath_packets_total',
-      help: 'Pod egress packets judged by the cgroup_skb egress program (exact, from per-CPU kernel counters), by verdict.',
-      labelNames: ['namespace', 'workload', 'domain', 'verdict'],
-      registers: [registry],
+      help: 'Pod egress packets judged by the cgroup_skb egress program (exact, from per-CPU kernel counters), by workload and verdict.',
+      labelNames: wl,
+      registers,
+      collect,
     });
     const bytes = new Counter({
       name: 'weir_datapath_bytes_total',
-      help: 'Bytes of pod egress packets judged in the kernel, by verdict.',
-      labelNames: ['namespace', 'workload', 'domain', 'verdict'],
-      registers: [registry],
+      help: 'Bytes of pod egress packets judged in the kernel, by workload and verdict.',
+      labelNames: wl,
+      registers,
+      collect,
     });
     const sockets = new Counter({
       name: 'weir_datapath_socket_verdicts_total',
-      help: 'connect() and sendmsg() calls of pods judged by the socket hooks, by verdict.',
-      labelNames: ['namespace', 'workload', 'domain', 'verdict'],
-      registers: [registry],
+      help: 'connect() and sendmsg() calls of pods judged by the socket hooks, by workload and verdict.',
+      labelNames: wl,
+      registers,
+      collect,
+    });
+    this.violations = new Counter({
+      name: 'weir_violations_total',
+      help: 'Egress violations reported by the datapath (drops and audit would-drops), by workload, policy and reason. Counts every violation an event stands for.',
+      labelNames: ['namespace', 'workload', 'domain', 'verdict', 'reason', 'policy'],
+      registers,
+      collect,
     });
     const kernelEvents = new Counter({
       name: 'weir_datapath_events_total',
-      help: 'Violation events in the kernel by outcome: sent to the ring buffer, lost (ring buffer full), aggregated into a later event.',
+      help: 'Violation events in the kernel by outcome: sent to the ring buffer, lost (ring buffer full; the count rides on the flow\'s next event), aggregated into a later event.',
       labelNames: ['outcome'],
-      registers: [registry],
+      registers,
+      collect,
     });
     const parseErrors = new Counter({
       name: 'weir_datapath_parse_errors_total',
       help: 'Pod packets the datapath could not parse (truncated or not IP); they are passed and counted.',
-      registers: [registry],
+      registers,
+      collect,
+    });
+    const conntrack = new Counter({
+      name: 'weir_datapath_conntrack_inserts_total',
+      help: 'Inbound flows recorded in weir_ct so their replies pass, by result (failed: the map refused the entry).',
+      labelNames: ['result'],
+      registers,
+      collect,
+    });
+    const aggFailed = new Counter({
+      name: 'weir_datapath_aggregation_insert_failures_total',
+      help: 'Violation flows that could not be entered in weir_agg (each of their violations is then sent as its own event).',
+      registers,
+      collect,
+    });
+    const fragments = new Counter({
+      name: 'weir_datapath_fragments_total',
+      help: 'Non-first IP fragments, judged by address only (no ports in them).',
+      registers,
+      collect,
     });
     const mapEntries = new Gauge({
       name: 'weir_map_entries',
       help: 'Entries in use per BPF map (raw number; divide by weir_map_capacity for a ratio).',
       labelNames: ['map'],
-      registers: [registry],
+      registers,
+      collect,
     });
     const mapCapacity = new Gauge({
       name: 'weir_map_capacity',
       help: 'Capacity (max entries) per BPF map.',
       labelNames: ['map'],
-      registers: [registry],
+      registers,
+      collect,
+    });
+    const workloadsKnown = new Gauge({
+      name: 'weir_workloads_known',
+      help: 'Workloads (controllers; each bare pod counts as one) with a governed pod on this node.',
+      registers,
+      collect,
+    });
+    const ready = new Gauge({
+      name: 'weir_agent_ready',
+      help: '1 once the programs are attached and the first policy is written (as /readyz), else 0.',
+      registers,
+      collect: () => {
+        ready.set(this.sources.ready?.() === false ? 0 : 1);
+      },
     });
 
-    const dPackets = new DeltaCounter(packets);
-    const dBytes = new DeltaCounter(bytes);
-    const dSockets = new DeltaCounter(sockets);
-    const dEvents = new DeltaCounter(kernelEvents);
-    const dParse = new DeltaCounter(parseErrors);
-    const collectKernel = (): void => {
-      const totals = new Map<string, { labels: Labels; kind: string; packets: bigint; bytes: bigint }>();
-      for (const r of this.retired.values()) {
-        const k = keyOf(r.labels);
-        totals.set(k, { labels: r.labels, kind: r.labels.kind ?? 'packet', packets: r.packets, bytes: r.bytes });
-      }
+    this.policyGeneration = new Gauge({
+      name: 'weir_policy_generation',
+      help: 'Generation of the policy currently written to the datapath.',
+      registers,
+    });
+    this.compileDuration = new Histogram({
+      name: 'weir_policy_compile_duration_seconds',
+      help: 'Time from a model change to the maps being written.',
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers,
+    });
+    this.syncErrors = new Counter({
+      name: 'weir_policy_sync_errors_total',
+      help: 'Errors while reading, compiling or writing policy, by kind (manifest, watch, invalid-object, compile, datapath, audit-log).',
+      labelNames: ['kind'],
+      registers,
+    });
+    for (const kind of SYNC_ERROR_KINDS) this.syncErrors.inc({ kind }, 0);
+    this.policyCompileFailing = new Gauge({
+      name: 'weir_policy_compile_failing',
+      help: 'Policies and policy sets whose latest version could not be compiled (ignored, or their last good version stays in force).',
+      registers,
+    });
+    this.podsGoverned = new Gauge({
+      name: 'weir_pods_governed',
+      help: 'Pods on this node that the datapath governs.',
+      registers,
+    });
+    this.podsPendingCgroup = new Gauge({
+      name: 'weir_pods_pending_cgroup',
+      help: 'Pods on this node whose cgroup has not been found yet (retried).',
+      registers,
+    });
+    this.cgroupRetries = new Counter({
+      name: 'weir_pod_cgroup_retries_total',
+      help: 'Lookups of a pod cgroup that found nothing and will be retried.',
+      registers,
+    });
+    this.eventsDroppedUserspace = new Counter({
+      name: 'weir_events_dropped_userspace_total',
+      help: 'Decoded events dropped in the agent because one of its queues was full, by consumer (kernel-side losses are weir_datapath_events_total{outcome="lost"}).',
+      labelNames: ['consumer'],
+      registers,
+      collect,
+    });
+    const userspaceDrops = new DeltaCounter(this.eventsDroppedUserspace);
+    this.unknownRecords = new Counter({
+      name: 'weir_datapath_unknown_records_total',
+      help: 'Ring buffer records of a type this agent does not know (skipped).',
+      labelNames: ['type'],
+      registers,
+    });
+    this.mapWrites = new Counter({
+      name: 'weir_map_writes_total',
+      help: 'Map entries written by policy updates, by what was written.',
+      labelNames: ['what'],
+      registers,
+    });
+    new Gauge({
+      name: 'weir_build_info',
+      help: 'Build information of the agent (always 1).',
+      labelNames: ['version', 'node'],
+      registers,
+    }).set({ version: info.version, node: info.node }, 1);
+    const deltas = {
+      packets: new DeltaCounter(packets),
+      bytes: new DeltaCounter(bytes),
+      sockets: new DeltaCounter(sockets),
+      events: new DeltaCounter(kernelEvents),
+      parse: new DeltaCounter(parseErrors),
+      conntrack: new DeltaCounter(conntrack),
+      aggFailed: new DeltaCounter(aggFailed),
+      fragments: new DeltaCounter(fragments),
+    };
+    this.collectKernel = () => {
+      const totals = new Map<string, { labels: Labels; packets: bigint; bytes: bigint }>();
+      for (const [k, r] of this.retired) totals.set(k, { labels: r.labels, packets: r.packets, bytes: r.bytes });
       for (const s of this.sources.kernelCounts()) {
-        const labels = { namespace: s.namespace, workload: s.workload, domain: s.domain, verdict: s.verdict, kind: s.kind };
+        const labels = seriesLabels(s);
         const k = keyOf(labels);
-        const t = totals.get(k) ?? { labels, kind: s.kind, packets: 0n, bytes: 0n };
+        const t = totals.get(k) ?? { labels, packets: 0n, bytes: 0n };
         t.packets += s.packets;
         t.bytes += s.bytes;
         totals.set(k, t);
       }
       for (const t of totals.values()) {
         const { kind, ...labels } = t.labels;
-        if (kind === 'socket') dSockets.set(labels, Number(t.packets));
+        this.touchWorkload(labels as unknown as WorkloadKey);
+        if (kind === 'socket') deltas.sockets.set(labels, Number(t.packets));
         else {
-          dPackets.set(labels, Number(t.packets));
-          dBytes.set(labels, Number(t.bytes));
+          deltas.packets.set(labels, Number(t.packets));
+          deltas.bytes.set(labels, Number(t.bytes));
         }
       }
+      for (const [consumer, n] of Object.entries(this.sources.userspaceDrops?.() ?? {})) userspaceDrops.set({ consumer }, n);
       const st = this.sources.kernelStats();
-      dEvents.set({ outcome: 'sent' }, Number(st.events_sent ?? 0n));
-      dEvents.set({ outcome: 'lost' }, Number(st.events_lost ?? 0n));
-      dEvents.set({ outcome: 'aggregated' }, Number(st.events_aggregated ?? 0n));
-      dParse.set({}, Number(st.parse_errors ?? 0n));
-      for (const [map, u] of Object.entries(this.sources.mapUsage())) {
+      for (const [name, to] of Object.entries(STAT_METRICS)) deltas[to.metric].set(to.labels, Number(st[name] ?? 0n));
+
+      mapEntries.reset();
+      mapCapacity.reset();
+      const t = this.now();
+      if (this.sources.slowMapUsage && (!this.slowMaps || t - this.slowMaps.at >= SLOW_MAPS_MS)) {
+        this.slowMaps = { at: t, usage: this.sources.slowMapUsage() };
+      }
+      for (const [map, u] of Object.entries({ ...this.sources.mapUsage(), ...this.slowMaps?.usage })) {
         mapEntries.set({ map }, u.used);
         mapCapacity.set({ map }, u.capacity);
       }
-    };
-    // One collection per scrape; prom-client calls collect() of each metric.
-    let collecting: Promise<void> | null = null;
-    const hook = async (): Promise<void> => {
-      collecting ??= Promise.resolve().then(() => {
-        collectKernel();
-        setImmediate(() => (collecting = null));
-      });
-      await collecting;
-    };
-    for (const m of [packets, bytes, sockets, kernelEvents, parseErrors, mapEntries, mapCapacity]) {
-      (m as unknown as { collect: () => Promise<void> }).collect = hook;
-    }
 
-    this.violations = new Counter({
-      name: 'weir_violations_total',
-      help: 'Egress violations reported by the datapath (drops and audit verdicts), by policy and reason. Counts every violation an event stands for.',
-      labelNames: ['namespace', 'workload', 'domain', 'verdict', 'reason', 'policy'],
-      registers: [registry],
-    });
-    this.policyGeneration = new Gauge({
-      name: 'weir_policy_generation',
-      help: 'Generation of the policy currently written to the datapath.',
-      registers: [registry],
-    });
-    this.compileDuration = new Histogram({
-      name: 'weir_policy_compile_duration_seconds',
-      help: 'Time from a model change to the maps being written.',
-      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
-      registers: [registry],
-    });
-    this.syncErrors = new Counter({
-      name: 'weir_policy_sync_errors_total',
-      help: 'Errors while reading, compiling or writing policy, by kind (manifest, compile, datapath).',
-      labelNames: ['kind'],
-      registers: [registry],
-    });
-    this.workloadsKnown = new Gauge({
-      name: 'weir_workloads_known',
-      help: 'Pods on this node that the datapath governs.',
-      registers: [registry],
-    });
-    this.podsPendingCgroup = new Gauge({
-      name: 'weir_pods_pending_cgroup',
-      help: 'Pods on this node whose cgroup has not been found yet (retried).',
-      registers: [registry],
-    });
-    this.cgroupRetries = new Counter({
-      name: 'weir_pod_cgroup_retries_total',
-      help: 'Lookups of a pod cgroup that found nothing and will be retried.',
-      registers: [registry],
-    });
-    this.eventsDroppedUserspace = new Counter({
-      name: 'weir_events_dropped_userspace_total',
-      help: 'Decoded events dropped in the agent because its queue was full (kernel-side losses are in weir_datapath_events_total{outcome="lost"}).',
-      registers: [registry],
-    });
-    this.unknownRecords = new Counter({
-      name: 'weir_datapath_unknown_records_total',
-      help: 'Ring buffer records of a type this agent does not know (skipped).',
-      labelNames: ['type'],
-      registers: [registry],
-    });
-    this.mapWrites = new Counter({
-      name: 'weir_map_writes_total',
-      help: 'Map entries written by policy updates, by what was written.',
-      labelNames: ['what'],
-      registers: [registry],
-    });
-    new Gauge({
-      name: 'weir_build_info',
-      help: 'Build information of the agent (always 1).',
-      labelNames: ['version', 'node'],
-      registers: [registry],
-    }).set({ version: info.version, node: info.node }, 1);
+      const live = new Set<string>();
+      const raw = new Set<string>();
+      for (const w of this.sources.liveWorkloads()) {
+        live.add(workloadKeyOf(w));
+        raw.add(`${w.namespace}\n${w.workload}`);
+      }
+      workloadsKnown.set(raw.size);
+      this.sweep(live, [deltas.packets, deltas.bytes, deltas.sockets]);
+    };
+
+    if (info.processMetrics !== false) {
+      collectDefaultMetrics({ register: registry });
+      // Gauges whose names end in _total (promtool rejects them); nodejs_active_handles etc. carry the same numbers.
+      for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) registry.removeSingleMetric(name);
+    }
+  }
+
+  /** Reads the kernel and refreshes every derived series; set up in the constructor. */
+  private readonly collectKernel: () => void;
+
+  /** Counts `count` violations of one flow. */
+  violation(v: ViolationLabels, count = 1): void {
+    const labels = {
+      namespace: v.namespace,
+      workload: workloadLabel(v.workload),
+      domain: v.domain,
+      verdict: v.verdict,
+      reason: v.reason,
+      policy: v.policy,
+    };
+    this.violations.inc(labels, count);
+    this.violationSeries.set(keyOf(labels), labels);
+    this.touchWorkload(labels);
   }
 
   /** Keeps a departing pod's final kernel counts in the exported totals. */
   retire(samples: KernelCountSample[]): void {
     for (const s of samples) {
-      const labels = { namespace: s.namespace, workload: s.workload, domain: s.domain, verdict: s.verdict, kind: s.kind };
+      const labels = seriesLabels(s);
       const k = keyOf(labels);
       const r = this.retired.get(k) ?? { labels, packets: 0n, bytes: 0n };
       r.packets += s.packets;
@@ -229,4 +424,58 @@ export class AgentMetrics {
       this.retired.set(k, r);
     }
   }
+
+  private touchWorkload(l: WorkloadKey): void {
+    const key = { namespace: l.namespace, workload: workloadLabel(l.workload), domain: l.domain };
+    const k = keyOf(key);
+    if (!this.workloads.has(k)) this.workloads.set(k, { key, goneSince: null });
+  }
+
+  /** Removes the series of workloads gone for longer than the linger, and of violations naming removed policies. */
+  private sweep(live: Set<string>, perWorkload: DeltaCounter[]): void {
+    const t = this.now();
+    const expired = new Set<string>();
+    for (const [k, w] of this.workloads) {
+      // Events from a pod the agent does not know (gone already) have no workload: one bounded series set, kept.
+      if (live.has(k) || w.key.workload === '') w.goneSince = null;
+      else if (w.goneSince === null) w.goneSince = t;
+      if (w.goneSince !== null && t - w.goneSince >= this.lingerMs) expired.add(k);
+    }
+    const ofExpired = (l: Labels): boolean => expired.has(workloadKeyOf(l as unknown as WorkloadKey));
+    if (expired.size > 0) {
+      for (const d of perWorkload) d.removeWhere(ofExpired);
+      for (const [k, r] of this.retired) if (ofExpired(r.labels)) this.retired.delete(k);
+      for (const k of expired) this.workloads.delete(k);
+    }
+
+    let policyExpired = (_: string): boolean => false;
+    if (this.sources.livePolicies) {
+      const livePolicies = new Set(this.sources.livePolicies());
+      const named = new Set<string>();
+      for (const l of this.violationSeries.values()) for (const p of policiesOf(l.policy)) named.add(p);
+      for (const p of named) {
+        if (livePolicies.has(p)) this.policiesGone.delete(p);
+        else if (!this.policiesGone.has(p)) this.policiesGone.set(p, t);
+      }
+      for (const p of this.policiesGone.keys()) if (!named.has(p)) this.policiesGone.delete(p);
+      policyExpired = (p) => {
+        const since = this.policiesGone.get(p);
+        return since !== undefined && t - since >= this.lingerMs;
+      };
+    }
+    for (const [k, l] of this.violationSeries) {
+      if (ofExpired(l) || policiesOf(l.policy).some(policyExpired)) {
+        this.violations.remove(l);
+        this.violationSeries.delete(k);
+      }
+    }
+  }
+}
+
+function seriesLabels(s: KernelCountSample): Labels {
+  return { namespace: s.namespace, workload: workloadLabel(s.workload), domain: s.domain, verdict: s.verdict, kind: s.kind };
+}
+
+function policiesOf(policy: string | undefined): string[] {
+  return policy ? policy.split(',') : [];
 }
