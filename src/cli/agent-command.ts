@@ -2,7 +2,9 @@ import { existsSync, statSync } from 'node:fs';
 import { Agent, parseHostPort, type AgentOptions } from '../agent/agent.js';
 import { defaultCgroupRoot } from '../datapath/cgroups.js';
 import { DEFAULT_CAPACITIES, type Capacities } from '../datapath/datapath.js';
+import { join } from 'node:path';
 import { DEFAULT_API_SOCKET } from '../agent/local-api.js';
+import { cleanup } from '../datapath/cleanup.js';
 import { createLogger, LOG_LEVELS } from '../report/logger.js';
 import { parse, UsageError, type Command } from './main.js';
 
@@ -54,12 +56,25 @@ Options:
   --max-trie-nodes N     Capacity of the destination trie, 1 KiB per node
                          (default ${DEFAULT_CAPACITIES.nodes}).
   --max-port-classes N   Capacity of the port class table (default ${DEFAULT_CAPACITIES.classes}).
+  --cleanup              Do not run: detach every program weir attached on this node and
+                         remove its pins (BPFFS/weir or --pin-dir), and only those; then
+                         exit. Enforcement stops. Run it before removing weir from a node.
   -h, --help             Show this help.
 
 The agent needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN. Programs and maps stay
 pinned when the agent stops, so enforcement continues across restarts and upgrades.
 Signals: SIGTERM and SIGINT stop the agent (enforcement continues).
 `;
+
+function runCleanup(pinDir: string): number {
+  const r = cleanup(pinDir);
+  for (const d of r.detached) process.stdout.write(`detached ${d.program} (link ${d.linkId}${d.cgroupId ? `, cgroup ${d.cgroupId}` : ''})\n`);
+  if (r.unpinned.length > 0) process.stdout.write(`removed map pins: ${r.unpinned.join(', ')}\n`);
+  for (const l of r.leftAlone) process.stdout.write(`left alone: ${l.path}: ${l.why}\n`);
+  if (r.detached.length + r.unpinned.length === 0 && r.leftAlone.length === 0) process.stdout.write(`nothing of weir's under ${pinDir}\n`);
+  else process.stdout.write(r.removedDir ? `removed ${pinDir}; weir no longer enforces anything on this node\n` : `${pinDir} kept: it holds files weir did not make\n`);
+  return 0;
+}
 
 function positiveInt(name: string, v: string | undefined): number | undefined {
   if (v === undefined) return undefined;
@@ -92,7 +107,9 @@ export const agentCommand: Command = {
       'max-pods': { type: 'string' },
       'max-trie-nodes': { type: 'string' },
       'max-port-classes': { type: 'string' },
+      cleanup: { type: 'boolean', default: false },
     });
+    if (values.cleanup) return runCleanup(values['pin-dir'] ?? join(values.bpffs ?? '/sys/fs/bpf', 'weir'));
     const auditOnly = (['audit-max-bytes', 'audit-max-files', 'audit-signing-key'] as const).filter((k) => values[k] !== undefined);
     if (values['audit-log'] === undefined && auditOnly.length > 0) throw new UsageError(`--${auditOnly[0]} needs --audit-log FILE`);
     if (values['audit-signing-key'] !== undefined && !existsSync(values['audit-signing-key'])) {

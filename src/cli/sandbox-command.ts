@@ -127,10 +127,25 @@ async function demo(argv: string[]): Promise<number> {
     out(`  node ${sb.nodeName}: pods ${sb.listPods().map((p) => `${p.namespace}/${p.name} (${p.ip})`).join(', ')}`);
     out(`  policies: ${readdirSync(manifests).filter((f) => f.startsWith('policy-')).join(', ')} (from deploy/examples/sandbox)`);
     out(`  agent log: ${logFile}`);
+    const apiSocket = join(work, 'weir.sock');
+    const auditLog = join(work, 'audit.log');
     agent = await Agent.start(
-      { manifests, nodeName: sb.nodeName, cgroupRoot: sb.cgroupRoot, bpffs: '/sys/fs/bpf', pinDir: `/sys/fs/bpf/weir-sandbox-${sb.id}`, metricsAddr: '127.0.0.1:0' },
+      {
+        manifests,
+        nodeName: sb.nodeName,
+        cgroupRoot: sb.cgroupRoot,
+        bpffs: '/sys/fs/bpf',
+        pinDir: `/sys/fs/bpf/weir-sandbox-${sb.id}`,
+        metricsAddr: '127.0.0.1:0',
+        apiSocket,
+        auditLog: { path: auditLog },
+      },
       logger,
     );
+    out(`  audit log: ${auditLog} (check it: weir audit verify ${auditLog})`);
+    out(`  from another terminal: weir status --api-socket ${apiSocket}`);
+    out(`                         weir observe --api-socket ${apiSocket}`);
+    out(`                         weir explain --api-socket ${apiSocket} --from ml-train/trainer --to 203.0.113.10:443/TCP`);
     out(`weir demo: agent attached to ${agent.podsRoot.dir} (policy generation ${agent.datapath.writer.generation}); metrics on http://127.0.0.1:${agent.metricsPort()}/metrics`);
     out('weir demo: driving traffic; live verdicts from the kernel are marked DROP. Ctrl-C to stop.\n');
     agent.onViolation((v) => out(`    ${describeViolation(v)}`));
