@@ -220,7 +220,7 @@ describe('enforcement on the sandbox node', () => {
     const port = agent.metricsPort();
     const body = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
     expect(body).toMatch(/weir_violations_total\{[^}]*namespace="ml-train"[^}]*verdict="drop"[^}]*\} [1-9]/);
-    expect(body).toMatch(/weir_datapath_packets_total\{[^}]*workload="Pod\/trainer"[^}]*verdict="allow"[^}]*\} [1-9]/);
+    expect(body).toMatch(/weir_datapath_packets_total\{[^}]*namespace="ml-train"[^}]*workload="Pod"[^}]*verdict="allow"[^}]*\} [1-9]/);
     expect(body).toMatch(/weir_datapath_socket_verdicts_total\{[^}]*verdict="drop"[^}]*\} [1-9]/);
   });
 
