@@ -28,6 +28,24 @@
 // - Failures as Status objects: failNext(n, status, retryAfter) answers the
 //   next n matching requests with that status (and a Retry-After header).
 // - Discovery: /version, /api, /api/v1, /apis, /apis/<group>/<version>.
+// - Writes, for the resources weir writes (events.k8s.io/v1 Events): POST
+//   (201; 409 AlreadyExists; a namespace in the body must match the path's),
+//   PATCH with application/merge-patch+json or
+//   application/strategic-merge-patch+json (both applied as a JSON merge
+//   patch, RFC 7386, which is what a strategic merge patch of an Event's
+//   scalar fields and `series` amounts to; any other patch type: 415; a
+//   stale metadata.resourceVersion in the patch: 409 Conflict), DELETE, and
+//   GET of one object or a list. Events are validated as kube-apiserver
+//   validates writes through events.k8s.io/v1 (422 Invalid): eventTime
+//   required as a MicroTime (RFC 3339 with exactly six fractional digits),
+//   type Normal or Warning, reportingController a qualified name,
+//   reportingInstance, action and reason required and at most 128
+//   characters, note at most 1024 bytes, series.count at least 2 with a
+//   lastObservedTime, the regarding object's namespace equal to the Event's
+//   (cluster-scoped objects: the Event in default or kube-system), the
+//   deprecated core fields unset; on update every field but series and
+//   metadata is immutable. Other resources answer writes with 405.
+//   The request log records each write's content type and parsed body.
 //
 // Control: create/update/apply/delete, compact, dropWatches (cut every open
 // watch mid-stream), endWatches (end them cleanly), bookmark, failNext,
@@ -53,6 +71,8 @@ export interface FakeResource {
   builtin: boolean;
   /** Field selector labels the real server accepts for this resource. */
   fields: readonly string[];
+  /** Accepts POST, PATCH and DELETE (others answer writes with 405). */
+  writable?: boolean;
 }
 
 const META_FIELDS = ['metadata.name', 'metadata.namespace'] as const;
@@ -65,6 +85,17 @@ export const FAKE_RESOURCES: readonly FakeResource[] = [
   { plural: 'networkpolicies', group: 'networking.k8s.io', version: 'v1', kind: 'NetworkPolicy', listKind: 'NetworkPolicyList', namespaced: true, builtin: true, fields: [...META_FIELDS] },
   { plural: 'egresspolicies', group: 'weir.dev', version: 'v1alpha1', kind: 'EgressPolicy', listKind: 'EgressPolicyList', namespaced: true, builtin: false, fields: [...META_FIELDS] },
   { plural: 'clusteregresspolicies', group: 'weir.dev', version: 'v1alpha1', kind: 'ClusterEgressPolicy', listKind: 'ClusterEgressPolicyList', namespaced: false, builtin: false, fields: [...META_FIELDS] },
+  {
+    plural: 'events',
+    group: 'events.k8s.io',
+    version: 'v1',
+    kind: 'Event',
+    listKind: 'EventList',
+    namespaced: true,
+    builtin: true,
+    fields: [...META_FIELDS, 'reason', 'type', 'reportingController', 'regarding.kind', 'regarding.name', 'regarding.namespace', 'regarding.uid', 'regarding.apiVersion'],
+    writable: true,
+  },
 ];
 
 function apiVersionOf(r: FakeResource): string {
@@ -95,13 +126,24 @@ export interface RequestRecord {
   /** The HTTP status sent (0: not answered, see hangNext()). */
   status: number;
   authorized: boolean;
+  /** The namespace and object name in the path, for resource requests. */
+  namespace?: string;
+  name?: string;
+  /** Writes (POST, PATCH, PUT): the Content-Type sent and the body, parsed as JSON (the raw text if it is not JSON). */
+  contentType?: string;
+  body?: unknown;
 }
 
 export interface FailureFilter {
   resource?: string;
-  /** true: only watch requests; false: only lists and gets. */
+  /** true: only watch requests; false: only lists, gets and writes. */
   watch?: boolean;
+  /** Only requests with this HTTP method (or one of these), e.g. 'POST' or ['POST', 'PATCH']. */
+  method?: string | readonly string[];
 }
+
+/** The largest request body accepted (kube-apiserver's limit is 3 MiB). */
+const MAX_REQUEST_BODY = 3 * 1024 * 1024;
 
 export interface FakeApiServerOptions {
   /** The bearer token clients must send (default: random). */
@@ -154,8 +196,12 @@ const REASONS: Record<number, string> = {
   401: 'Unauthorized',
   403: 'Forbidden',
   404: 'NotFound',
+  405: 'MethodNotAllowed',
   409: 'AlreadyExists',
   410: 'Gone',
+  413: 'RequestEntityTooLarge',
+  415: 'UnsupportedMediaType',
+  422: 'Invalid',
   429: 'TooManyRequests',
   500: 'InternalError',
   503: 'ServiceUnavailable',
@@ -164,6 +210,12 @@ const REASONS: Record<number, string> = {
 
 function status(code: number, message: string, reason = REASONS[code] ?? 'Unknown', details?: JsonObject): JsonObject {
   return { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message, reason, ...(details !== undefined ? { details } : {}), code };
+}
+
+/** A 422 Invalid Status, as kube-apiserver words it. */
+function invalid(r: FakeResource, name: string, causes: readonly { field: string; message: string }[]): JsonObject {
+  const text = causes.map((c) => `${c.field}: ${c.message}`).join(', ');
+  return status(422, `${r.kind} "${name}" is invalid: ${text}`, 'Invalid', { name, group: r.group, kind: r.kind, causes: causes.map((c) => ({ reason: 'FieldValueInvalid', ...c })) });
 }
 
 function clone<T>(v: T): T {
@@ -223,6 +275,99 @@ function parseLabelSelector(sel: string | undefined): (o: JsonObject) => boolean
     const l = isRecord(labels) ? labels : {};
     return tests.every((t) => t(l));
   };
+}
+
+/** RFC 7386 JSON merge patch: objects merge key by key, null deletes, anything else replaces. */
+export function applyMergePatch(target: unknown, patch: unknown): unknown {
+  if (!isRecord(patch)) return clone(patch);
+  const out: JsonObject = isRecord(target) ? clone(target) : {};
+  for (const [k, v] of Object.entries(patch)) {
+    if (v === null) delete out[k];
+    else out[k] = applyMergePatch(out[k], v);
+  }
+  return out;
+}
+
+/** A field the server rejected, as in a 422 Status's details.causes. */
+interface Cause {
+  field: string;
+  message: string;
+}
+
+const DNS1123_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+const QUALIFIED_NAME_PART = /^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$/;
+/** metav1.MicroTime's wire format (RFC3339Micro): Go's parser wants exactly six fractional digits. */
+const MICRO_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}(Z|[+-]\d{2}:\d{2})$/;
+
+function isDnsSubdomain(v: string): boolean {
+  return v.length > 0 && v.length <= 253 && DNS1123_SUBDOMAIN.test(v);
+}
+
+/** validation.IsQualifiedName: an optional DNS-subdomain prefix and a slash, then a name of at most 63 characters. */
+function isQualifiedName(v: string): boolean {
+  const parts = v.split('/');
+  if (parts.length > 2) return false;
+  const name = parts.at(-1) ?? '';
+  if (parts.length === 2 && !isDnsSubdomain(parts[0] ?? '')) return false;
+  return name.length <= 63 && QUALIFIED_NAME_PART.test(name);
+}
+
+function str(o: JsonObject, k: string): string {
+  const v = o[k];
+  return typeof v === 'string' ? v : '';
+}
+
+/** What kube-apiserver checks on an events.k8s.io/v1 Event (pkg/apis/core/validation/events.go, strict path). */
+function validateEvent(e: JsonObject): Cause[] {
+  const causes: Cause[] = [];
+  const m = isRecord(e['metadata']) ? e['metadata'] : {};
+  const ns = str(m, 'namespace');
+  const regarding = isRecord(e['regarding']) ? e['regarding'] : {};
+  const regardingNs = str(regarding, 'namespace');
+  if (regardingNs === '' ? ns !== 'default' && ns !== 'kube-system' : regardingNs !== ns) {
+    causes.push({ field: 'regarding.namespace', message: 'does not match event.namespace' });
+  }
+  const eventTime = e['eventTime'];
+  if (typeof eventTime !== 'string' || !MICRO_TIME.test(eventTime)) causes.push({ field: 'eventTime', message: 'Required value (a MicroTime: RFC 3339 with six fractional digits)' });
+  const type = e['type'];
+  if (type !== 'Normal' && type !== 'Warning') causes.push({ field: 'type', message: `has invalid value: ${String(type)}` });
+  const controller = str(e, 'reportingController');
+  if (controller === '') causes.push({ field: 'reportingController', message: 'Required value' });
+  else if (!isQualifiedName(controller)) causes.push({ field: 'reportingController', message: 'must be a qualified name' });
+  for (const [field, limit] of [['reportingInstance', 128], ['action', 128], ['reason', 128]] as const) {
+    const v = str(e, field);
+    if (v === '') causes.push({ field, message: 'Required value' });
+    else if (v.length > limit) causes.push({ field, message: `can have at most ${limit} characters` });
+  }
+  if (Buffer.byteLength(str(e, 'note')) > 1024) causes.push({ field: 'note', message: 'can have at most 1024 characters' });
+  causes.push(...validateSeries(e));
+  for (const f of ['deprecatedFirstTimestamp', 'deprecatedLastTimestamp', 'deprecatedCount', 'deprecatedSource']) {
+    if (e[f] !== undefined && e[f] !== null && e[f] !== 0) causes.push({ field: f, message: 'needs to be unset' });
+  }
+  return causes;
+}
+
+function validateSeries(e: JsonObject): Cause[] {
+  const series = e['series'];
+  if (series === undefined || series === null) return [];
+  if (!isRecord(series)) return [{ field: 'series', message: 'must be an object' }];
+  const causes: Cause[] = [];
+  const count = series['count'];
+  if (typeof count !== 'number' || !Number.isInteger(count) || count < 2 || count > 2 ** 31 - 1) causes.push({ field: 'series.count', message: 'should be at least 2' });
+  const last = series['lastObservedTime'];
+  if (typeof last !== 'string' || !MICRO_TIME.test(last)) causes.push({ field: 'series.lastObservedTime', message: 'Required value' });
+  return causes;
+}
+
+const EVENT_IMMUTABLE = ['regarding', 'related', 'reason', 'note', 'type', 'eventTime', 'action', 'reportingController', 'reportingInstance'] as const;
+
+function validateEventUpdate(next: JsonObject, old: JsonObject): Cause[] {
+  const causes = validateEvent(next).filter((c) => !c.field.startsWith('series'));
+  if (JSON.stringify(next['series']) !== JSON.stringify(old['series'])) causes.push(...validateSeries(next));
+  for (const f of EVENT_IMMUTABLE) {
+    if (JSON.stringify(next[f]) !== JSON.stringify(old[f])) causes.push({ field: f, message: 'field is immutable' });
+  }
+  return causes;
 }
 
 export class FakeApiServer {
@@ -534,11 +679,11 @@ export class FakeApiServer {
       reply(401, status(401, 'Unauthorized'));
       return;
     }
-    if (rec.method !== 'GET') {
-      reply(405, status(405, `method ${rec.method} not supported by the fake apiserver`, 'MethodNotAllowed'));
+    if (!['GET', 'POST', 'PATCH', 'DELETE'].includes(rec.method)) {
+      reply(405, status(405, `method ${rec.method} not supported by the fake apiserver`));
       return;
     }
-    const discovery = this.discovery(url.pathname);
+    const discovery = rec.method === 'GET' ? this.discovery(url.pathname) : undefined;
     if (discovery !== undefined) {
       reply(200, discovery);
       return;
@@ -549,9 +694,20 @@ export class FakeApiServer {
       return;
     }
     rec.resource = target.resource.plural;
+    if (target.namespace !== undefined) rec.namespace = target.namespace;
+    if (target.name !== undefined) rec.name = target.name;
+    if (rec.method !== 'GET' && target.resource.writable !== true) {
+      reply(405, status(405, `${rec.method} of ${target.resource.plural} is not supported by the fake apiserver`));
+      return;
+    }
 
+    const methodMatches = (m: FailureFilter['method']): boolean => m === undefined || (typeof m === 'string' ? m === rec.method : m.includes(rec.method));
     const rule = this.failures.find(
-      (f) => f.remaining > 0 && (f.filter.resource === undefined || f.filter.resource === target.resource.plural) && (f.filter.watch === undefined || f.filter.watch === watch),
+      (f) =>
+        f.remaining > 0 &&
+        (f.filter.resource === undefined || f.filter.resource === target.resource.plural) &&
+        (f.filter.watch === undefined || f.filter.watch === watch) &&
+        methodMatches(f.filter.method),
     );
     if (rule !== undefined) {
       rule.remaining--;
@@ -560,6 +716,11 @@ export class FakeApiServer {
       const headers: Record<string, string> = rule.retryAfter !== undefined ? { 'Retry-After': String(rule.retryAfter) } : {};
       const details = rule.retryAfter !== undefined ? { retryAfterSeconds: rule.retryAfter } : undefined;
       reply(rule.status, status(rule.status, `injected failure (${rule.status})`, REASONS[rule.status], details), headers);
+      return;
+    }
+
+    if (rec.method !== 'GET') {
+      this.handleWrite(target.resource, target.namespace, target.name, req, rec, reply);
       return;
     }
 
@@ -591,6 +752,108 @@ export class FakeApiServer {
     }
     if (watch) this.startWatch(target.resource, filter, query, rec, res);
     else this.serveList(target.resource, filter, reply);
+  }
+
+  /** POST, PATCH and DELETE of a writable resource (the request body is read first). */
+  private handleWrite(
+    r: FakeResource,
+    namespace: string | undefined,
+    name: string | undefined,
+    req: IncomingMessage,
+    rec: RequestRecord,
+    reply: (code: number, body: unknown, headers?: Record<string, string>) => void,
+  ): void {
+    const contentType = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase() ?? '';
+    if (rec.method !== 'DELETE') rec.contentType = contentType;
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let tooLarge = false;
+    req.on('data', (b: Buffer) => {
+      size += b.length;
+      if (size > MAX_REQUEST_BODY) tooLarge = true;
+      else chunks.push(b);
+    });
+    req.on('error', () => undefined);
+    req.on('end', () => {
+      if (tooLarge) {
+        reply(413, status(413, `request body over ${MAX_REQUEST_BODY} bytes`));
+        return;
+      }
+      const text = Buffer.concat(chunks).toString('utf8');
+      let body: unknown;
+      try {
+        body = text === '' ? undefined : (JSON.parse(text) as unknown);
+        if (rec.method !== 'DELETE') rec.body = body;
+      } catch {
+        if (rec.method !== 'DELETE') rec.body = text;
+        reply(400, status(400, 'the request body is not valid JSON'));
+        return;
+      }
+      const key = FakeApiServer.key(namespace, name ?? '');
+      const store = this.objects.get(r.plural);
+      if (store === undefined) throw new Error('unreachable');
+      const what = `${r.plural}.${r.group} "${name ?? ''}"`;
+      const notFound = (): void => reply(404, status(404, `${what} not found`, 'NotFound', { name: name ?? '', group: r.group, kind: r.plural }));
+
+      if (rec.method === 'DELETE') {
+        if (name === undefined) return reply(405, status(405, 'deletecollection is not supported by the fake apiserver'));
+        if (!store.has(key)) return notFound();
+        return reply(200, this.delete(r.kind, namespace, name));
+      }
+      if (rec.method === 'PATCH' && contentType !== 'application/merge-patch+json' && contentType !== 'application/strategic-merge-patch+json') {
+        return reply(415, status(415, `the fake apiserver applies merge patches only, not ${JSON.stringify(contentType)}`));
+      }
+      if (!isRecord(body)) return reply(400, status(400, 'the request body must be a JSON object'));
+
+      if (rec.method === 'POST') {
+        if (name !== undefined) return reply(405, status(405, 'POST to an object path is not allowed'));
+        if (contentType !== 'application/json') return reply(415, status(415, `the body of a create must be application/json, not ${JSON.stringify(contentType)}`));
+        const gv = apiVersionOf(r);
+        if ((body['apiVersion'] !== undefined && body['apiVersion'] !== gv) || (body['kind'] !== undefined && body['kind'] !== r.kind)) {
+          return reply(400, status(400, `the body must be a ${gv} ${r.kind}, not ${String(body['apiVersion'])} ${String(body['kind'])}`));
+        }
+        const m = isRecord(body['metadata']) ? body['metadata'] : {};
+        if (m['namespace'] !== undefined && m['namespace'] !== '' && m['namespace'] !== namespace) {
+          return reply(400, status(400, 'the namespace of the provided object does not match the namespace sent on the request'));
+        }
+        let objName = typeof m['name'] === 'string' ? m['name'] : '';
+        if (objName === '' && typeof m['generateName'] === 'string' && m['generateName'] !== '') objName = `${m['generateName']}${randomBytes(3).toString('hex').slice(0, 5)}`;
+        const causes: Cause[] = [];
+        if (objName === '') causes.push({ field: 'metadata.name', message: 'name or generateName is required' });
+        else if (!isDnsSubdomain(objName)) causes.push({ field: 'metadata.name', message: 'a lowercase RFC 1123 subdomain of at most 253 characters' });
+        const obj: JsonObject = { ...clone(body), apiVersion: gv, kind: r.kind, metadata: { ...clone(m), name: objName, ...(namespace !== undefined ? { namespace } : {}) } };
+        if (r.kind === 'Event') causes.push(...validateEvent(obj));
+        if (causes.length > 0) return reply(422, invalid(r, objName, causes));
+        if (store.has(FakeApiServer.key(namespace, objName))) {
+          return reply(409, status(409, `${r.plural}.${r.group} "${objName}" already exists`, 'AlreadyExists', { name: objName, group: r.group, kind: r.plural }));
+        }
+        const om = meta(obj);
+        for (const f of ['uid', 'resourceVersion', 'creationTimestamp', 'generation']) delete om[f];
+        return reply(201, this.create(obj as FakeObjectInput));
+      }
+
+      // PATCH
+      if (name === undefined) return reply(405, status(405, 'PATCH of a collection is not allowed'));
+      const old = store.get(key);
+      if (old === undefined) return notFound();
+      const pm = isRecord(body['metadata']) ? body['metadata'] : {};
+      const om = meta(old);
+      if (pm['resourceVersion'] !== undefined && pm['resourceVersion'] !== om['resourceVersion']) {
+        return reply(409, status(409, `Operation cannot be fulfilled on ${r.plural}.${r.group} "${name}": the object has been modified; please apply your changes to the latest version and try again`, 'Conflict', { name, group: r.group, kind: r.plural }));
+      }
+      if (pm['uid'] !== undefined && pm['uid'] !== om['uid']) {
+        return reply(409, status(409, `Precondition failed: UID in precondition: ${String(pm['uid'])}, UID in object meta: ${String(om['uid'])}`, 'Conflict'));
+      }
+      const merged = applyMergePatch(old, body);
+      if (!isRecord(merged)) return reply(400, status(400, 'the patch must be a JSON object'));
+      const mm = meta(merged);
+      if (merged['apiVersion'] !== old['apiVersion'] || merged['kind'] !== old['kind'] || mm['name'] !== om['name'] || mm['namespace'] !== om['namespace']) {
+        return reply(400, status(400, 'apiVersion, kind, metadata.name and metadata.namespace cannot be changed by a patch'));
+      }
+      const causes = r.kind === 'Event' ? validateEventUpdate(merged, old) : [];
+      if (causes.length > 0) return reply(422, invalid(r, name, causes));
+      return reply(200, this.update(merged as FakeObjectInput));
+    });
   }
 
   private serveList(r: FakeResource, filter: Filter, reply: (code: number, body: unknown) => void): void {
@@ -714,7 +977,7 @@ export class FakeApiServer {
         singularName: r.kind.toLowerCase(),
         namespaced: r.namespaced,
         kind: r.kind,
-        verbs: ['get', 'list', 'watch'],
+        verbs: r.writable === true ? ['create', 'delete', 'get', 'list', 'patch', 'watch'] : ['get', 'list', 'watch'],
       })),
     });
     if (p === '/version') return { major: '1', minor: '31', gitVersion: 'v1.31.0-fake' };
