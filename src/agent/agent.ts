@@ -23,6 +23,7 @@ import { LocalApi, LocalApiError } from './local-api.js';
 import { ObserveHub, type ObserveFilter } from './observe.js';
 import { policyDigest } from './policy-digest.js';
 import { AuditLog, type AuditLogOptions } from '../audit/audit-log.js';
+import { EventReporter, policyReference, type EventReporterOptions } from '../report/k8s-events.js';
 import { AgentMetrics, type KernelCountSample } from '../report/metrics.js';
 import { domainOf, workloadOf } from '../report/workload.js';
 
@@ -38,6 +39,8 @@ export interface KubernetesSourceConfig {
   backoff?: BackoffOptions;
   watchTimeoutSeconds?: number;
   idleTimeoutMs?: number;
+  /** Kubernetes Events for violations and invalid policies (default on); options for tests. */
+  events?: false | Partial<Omit<EventReporterOptions, 'kubeconfig' | 'kubeConfig' | 'nodeName' | 'logger' | 'registry'>>;
 }
 
 export interface AgentOptions {
@@ -59,6 +62,8 @@ export interface AgentOptions {
   eventIntervalMs?: number;
   /** How long to wait for the kubelet's pods cgroup to appear at start. */
   podsRootWaitMs?: number;
+  /** How long the metric series of a workload that left this node stay exported (default 5 minutes). */
+  metricsSeriesLingerMs?: number;
 }
 
 export interface AgentStatus {
@@ -103,6 +108,7 @@ export interface Violation {
   generation: number;
 }
 
+const POLICY_KINDS = new Set(['NetworkPolicy', 'EgressPolicy', 'ClusterEgressPolicy']);
 const PROTO_NAMES: Record<number, string> = { 1: 'ICMP', 6: 'TCP', 17: 'UDP', 58: 'ICMPv6', 132: 'SCTP' };
 const PORTED = new Set([6, 17, 132]);
 
@@ -126,6 +132,9 @@ export class Agent {
   private server: Server | null = null;
   private api: LocalApi | null = null;
   private audit: AuditLog | null = null;
+  private events: EventReporter | null = null;
+  /** Policy problems already reported as Events (policy id + message). */
+  private reportedProblems = new Set<string>();
   private readonly observers = new ObserveHub();
   private readonly startedAt = new Date();
   /** The generation last recorded in the audit log. */
@@ -169,7 +178,7 @@ export class Agent {
         ready: () => this.ready,
         userspaceDrops: () => ({ observe: this.observers.dropped }),
       },
-      { version: VERSION, node: opts.nodeName ?? '' },
+      { version: VERSION, node: opts.nodeName ?? '', ...(opts.metricsSeriesLingerMs !== undefined ? { seriesLingerMs: opts.metricsSeriesLingerMs } : {}) },
     );
   }
 
@@ -282,6 +291,15 @@ export class Agent {
       });
     }
     const k = kubernetes as KubernetesSourceConfig;
+    if (k.events !== false) {
+      this.events = new EventReporter({
+        ...(k.events ?? {}),
+        ...(k.kubeconfig !== undefined ? { kubeconfig: k.kubeconfig } : {}),
+        nodeName: this.opts.nodeName as string,
+        logger: logger.child({ component: 'events' }),
+        registry: this.registry,
+      });
+    }
     this.log.info({ nodeName: this.opts.nodeName, kubeconfig: k.kubeconfig ?? '(in-cluster or default)' }, 'reading the model from the Kubernetes API; waiting for the first sync');
     return new KubernetesSource({
       ...k,
@@ -289,8 +307,31 @@ export class Agent {
       store: this.store,
       logger,
       registry: this.registry,
-      onError: (e: KubernetesSourceError) => this.metrics.syncErrors.inc({ kind: e.reason === 'invalid' ? 'invalid-object' : 'watch' }),
+      onError: (e: KubernetesSourceError) => {
+        this.metrics.syncErrors.inc({ kind: e.reason === 'invalid' ? 'invalid-object' : 'watch' });
+        if (e.reason === 'invalid' && e.kind && e.name && POLICY_KINDS.has(e.kind)) {
+          this.reportInvalidPolicy(`${e.kind}/${e.namespace ?? ''}/${e.name}`, `${e.field ? `${e.field}: ` : ''}${e.message}`);
+        }
+      },
     });
+  }
+
+  /**
+   * A Warning Event on a policy that cannot be loaded, once per policy and
+   * message. Only nodes that run pods in the policy's namespace report a
+   * namespaced policy, so a bad policy is not reported by every node of a
+   * large cluster; a ClusterEgressPolicy is reported by each node.
+   */
+  private reportInvalidPolicy(policyId: string, message: string): void {
+    if (!this.events) return;
+    const key = `${policyId}\n${message}`;
+    if (this.reportedProblems.has(key)) return;
+    const ref = policyReference(policyId);
+    if (!ref) return;
+    if (ref.namespace !== undefined && this.opts.nodeName && !this.store.podsOnNode(this.opts.nodeName).some((p) => p.metadata.namespace === ref.namespace)) return;
+    this.reportedProblems.add(key);
+    const uid = this.store.get(ref.kind as 'EgressPolicy', ref.namespace, ref.name)?.metadata.uid;
+    this.events.invalidPolicy({ ...ref, ...(uid !== undefined ? { uid } : {}), message });
   }
 
   /** `weir explain` against the live model: the verdict, the policies and the rules. */
@@ -402,6 +443,7 @@ export class Agent {
     for (const p of state.problems) {
       this.metrics.syncErrors.inc({ kind: 'compile' });
       this.log.error({ policy: p.policyId, error: p.message }, 'policy could not be compiled; it is ignored');
+      this.reportInvalidPolicy(p.policyId, p.message);
     }
     const bindings: PodBinding[] = [];
     const pending = new Set<string>();
@@ -500,6 +542,10 @@ export class Agent {
       else if (v.verdict === 'audit') this.log.warn(line, 'egress would be denied (audit)');
       else this.log.info(line, 'egress verdict');
       this.observers.publish(v);
+      if (this.events && (v.verdict === 'drop' || v.verdict === 'audit')) {
+        const uid = this.endpoints.get(e.endpointId)?.pod.metadata.uid;
+        this.events.violation(uid !== undefined ? { ...v, podUid: uid } : v);
+      }
       if (v.verdict === 'drop') this.auditRecord('violation', v);
       else if (v.verdict === 'audit') this.auditRecord('audit', v);
       for (const cb of this.violationListeners) cb(v);
@@ -624,6 +670,7 @@ export class Agent {
     if (this.retryTimer) clearTimeout(this.retryTimer);
     await this.applying;
     await this.source?.stop();
+    await this.events?.stop();
     await this.api?.close();
     if (this.audit) {
       this.auditRecord('stop', { version: VERSION, node: this.opts.nodeName });

@@ -111,7 +111,7 @@ beforeAll(async () => {
   const kubeconfig = await api.writeKubeconfig(dir);
   agent = await Agent.start(
     {
-      kubernetes: { kubeconfig, backoff: { initialMs: 100, maxMs: 500 } },
+      kubernetes: { kubeconfig, backoff: { initialMs: 100, maxMs: 500 }, events: { flushIntervalMs: 300, firstWriteDelayMs: 100 } },
       nodeName: spec.nodeName ?? null,
       cgroupRoot: sb.cgroupRoot,
       bpffs: BPFFS,
@@ -234,5 +234,39 @@ describe('the agent on the Kubernetes API source', () => {
     expect(out.join('')).toMatch(/from the running agent, policy generation \d+/);
     const bad = await queryLocalApi(socket, '/v1/explain?from=ml-train/nobody&to=10.20.0.10:8080/TCP');
     expect(bad.status).toBe(400);
+  });
+
+  it('reports violations as Kubernetes Events on the pod, one series per flow and rule', async () => {
+    for (let i = 0; i < 3; i++) expect(await tcp('ml-train/trainer', 'public-internet', 443)).toBe('EPERM');
+    const trainer = api.get('Pod', 'ml-train', 'trainer') as { metadata: { uid: string } };
+    type Ev = { reason: string; type: string; note: string; regarding: { name: string; uid?: string }; reportingController: string; reportingInstance: string; series?: { count: number } };
+    let ev: Ev | undefined;
+    await waitFor('an EgressViolation Event', () => {
+      ev = (api.list('Event') as unknown as Ev[]).find((e) => e.reason === 'EgressViolation' && e.note.includes('203.0.113.10:443'));
+      return ev !== undefined;
+    });
+    expect(ev).toMatchObject({
+      type: 'Warning',
+      regarding: { name: 'trainer', uid: trainer.metadata.uid },
+      reportingController: 'weir.dev/agent',
+      reportingInstance: 'node-a',
+    });
+    expect(ev?.note).toMatch(/drop TCP 203\.0\.113\.10:443 by EgressPolicy\/ml-train\/train-data/);
+    // Every denied connect to 203.0.113.10:443 in this file is one series on one Event object.
+    await waitFor('the series to count the three connects above', () => {
+      const mine = (api.list('Event') as unknown as Ev[]).filter((e) => e.reason === 'EgressViolation' && e.note.includes('203.0.113.10:443'));
+      return mine.length === 1 && (mine[0]?.series?.count ?? 1) >= 3;
+    });
+  });
+
+  it('reports a policy the API server holds but weir refuses as an InvalidPolicy Event, and keeps the last good version', async () => {
+    api.update({ ...trainPolicy([8080]), spec: { podSelector: {}, egress: [{ to: [{ ipBlock: { cidr: '10.20.0.10/33' } }] }] } });
+    type Ev = { reason: string; note: string; regarding: { kind: string; name: string } };
+    await waitFor('an InvalidPolicy Event', () => (api.list('Event') as unknown as Ev[]).some((e) => e.reason === 'InvalidPolicy' && e.regarding.name === 'train-data'));
+    const ev = (api.list('Event') as unknown as Ev[]).find((e) => e.reason === 'InvalidPolicy');
+    expect(ev?.regarding.kind).toBe('EgressPolicy');
+    expect(ev?.note).toMatch(/cidr|33/);
+    expect(await tcp('ml-train/trainer', 'public-internet', 443)).toBe('EPERM');
+    expect(await tcp('ml-train/trainer', 'feature-store', 8080)).toBe('ok');
   });
 });
