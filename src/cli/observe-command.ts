@@ -32,7 +32,8 @@ export function formatVerdictRow(v: Violation): string {
     `${v.namespace}/${v.pod}`.padEnd(30),
     dest.padEnd(28),
     (v.policy || '-').padEnd(36),
-    (v.rule || v.reason).padEnd(16),
+    // The rule names its policy first; the POLICY column already says it.
+    (v.rule.startsWith(`${v.policy} `) ? v.rule.slice(v.policy.length + 1) : v.rule || v.reason).padEnd(16),
     `${v.command}(${v.pid})`.padEnd(20),
     String(v.count),
   ].join(' ');
@@ -56,6 +57,7 @@ export const observeCommand: Command = {
     const q = new URLSearchParams();
     for (const k of ['namespace', 'pod', 'domain', 'verdict', 'policy'] as const) if (values[k] !== undefined) q.set(k, values[k]);
     const socket = values['api-socket'] ?? DEFAULT_API_SOCKET;
+    let stopping = false;
     return new Promise<number>((resolve) => {
       const req = request({ socketPath: socket, path: `/v1/observe?${q.toString()}`, method: 'GET' }, (res) => {
         if (res.statusCode !== 200) {
@@ -68,6 +70,7 @@ export const observeCommand: Command = {
           return;
         }
         res.on('error', (err) => {
+          if (stopping) return;
           process.stderr.write(`weir observe: the stream broke: ${err.message}\n`);
           resolve(1);
         });
@@ -92,6 +95,7 @@ export const observeCommand: Command = {
           else process.stdout.write(`${formatVerdictRow(m)}\n`);
         });
         res.on('end', () => {
+          if (stopping) return;
           process.stderr.write('weir observe: the agent closed the stream\n');
           resolve(0);
         });
@@ -102,6 +106,7 @@ export const observeCommand: Command = {
         resolve(1);
       });
       const stop = (): void => {
+        stopping = true;
         req.destroy();
         resolve(0);
       };
