@@ -4,7 +4,9 @@
  * socket connects or sends to an address, before any packet exists. A
  * denied connect() or sendto() fails at once with EPERM, and the event
  * names the process (pid, comm). Replies of a server socket (UDP sendto to
- * a client that reached the pod first) pass as replies.
+ * a client that reached the pod first) pass as replies. A pod's traffic to
+ * its own addresses passes like loopback (weir_pod_ips, looked up only when
+ * the policy would not allow).
  */
 #include "lib/common.h"
 #include "lib/identity.h"
@@ -68,6 +70,9 @@ static __always_inline int weir_sock_verdict(struct bpf_sock_addr *ctx, __u8 fam
 	if (d.verdict == WEIR_VERDICT_DROP || d.verdict == WEIR_VERDICT_AUDIT) {
 		struct weir_ct_key k;
 
+		/* The pod's own address: like loopback, not judged, not counted. */
+		if (weir_is_own_address(pod, &f))
+			return 1;
 		weir_ct_key_egress(&k, pod->endpoint_id, &f, 0);
 		if (f.sport && weir_ct_is_reply(&k)) {
 			d.verdict = WEIR_VERDICT_REPLY;

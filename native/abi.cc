@@ -102,6 +102,13 @@ Napi::Object AbiInfo(Napi::Env env) {
   FIELD(weir_pod_value, _pad);
   CONST(WEIR_POD_F_TRACK_INGRESS);
 
+  STRUCT(weir_pod_ip_key);
+  FIELD(weir_pod_ip_key, family);
+  FIELD(weir_pod_ip_key, _pad);
+  FIELD(weir_pod_ip_key, addr);
+  STRUCT(weir_pod_ip_value);
+  FIELD(weir_pod_ip_value, endpoint_id);
+
   STRUCT(weir_set_value);
   FIELD(weir_set_value, root4);
   FIELD(weir_set_value, root6);
@@ -224,6 +231,7 @@ Napi::Object AbiInfo(Napi::Env env) {
   CONST(WEIR_DEFAULT_MAX_NODES);
   CONST(WEIR_DEFAULT_MAX_CLASSES);
   CONST(WEIR_DEFAULT_CT_ENTRIES);
+  CONST(WEIR_DEFAULT_MAX_POD_IPS);
   CONST(WEIR_DEFAULT_AGG_ENTRIES);
   CONST(WEIR_DEFAULT_RINGBUF_BYTES);
 

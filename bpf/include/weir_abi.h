@@ -81,6 +81,29 @@ _Static_assert(sizeof(struct weir_pod_value) == 16, "weir_pod_value");
 
 #define WEIR_POD_F_TRACK_INGRESS 0x1	/* record inbound flows for replies */
 
+/*
+ * weir_pod_ips: HASH, key = one address of a pod on this node (its
+ * status.podIPs), value = the endpoint id of that pod. Kubernetes never
+ * isolates a pod from itself: the socket hooks pass a pod's traffic to its
+ * own addresses like loopback (not judged, not counted). They look the
+ * destination up only when the policy would not allow it, so allowed
+ * traffic never pays for it, and only the pod whose endpoint id the entry
+ * holds is exempt: traffic to another pod's address is judged as always.
+ * An address claimed by two pods is written for neither (fail closed).
+ * IPv4 uses the first 4 bytes of addr, the rest are zero.
+ */
+struct weir_pod_ip_key {
+	__u8 family;		/* AF_INET or AF_INET6 */
+	__u8 _pad[3];
+	__u8 addr[16];
+};
+_Static_assert(sizeof(struct weir_pod_ip_key) == 20, "weir_pod_ip_key");
+
+struct weir_pod_ip_value {
+	__u32 endpoint_id;	/* the pod that owns the address */
+};
+_Static_assert(sizeof(struct weir_pod_ip_value) == 4, "weir_pod_ip_value");
+
 /* ---- policy sets ----------------------------------------------------- */
 
 /*
@@ -311,6 +334,7 @@ _Static_assert(sizeof(struct weir_config) == 32, "weir_config");
 #define WEIR_DEFAULT_MAX_NODES      16384
 #define WEIR_DEFAULT_MAX_CLASSES    16384
 #define WEIR_DEFAULT_CT_ENTRIES     65536
+#define WEIR_DEFAULT_MAX_POD_IPS    (2 * WEIR_DEFAULT_MAX_PODS)	/* dual stack */
 #define WEIR_DEFAULT_AGG_ENTRIES    16384
 #define WEIR_DEFAULT_RINGBUF_BYTES  (1u << 22)
 

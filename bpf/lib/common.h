@@ -41,6 +41,13 @@ struct {
 } weir_pods SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEIR_DEFAULT_MAX_POD_IPS);
+	__type(key, struct weir_pod_ip_key);
+	__type(value, struct weir_pod_ip_value);
+} weir_pod_ips SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, WEIR_DEFAULT_MAX_SETS);
 	__type(key, __u32);

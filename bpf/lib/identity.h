@@ -47,4 +47,35 @@ static __always_inline struct weir_pod_value *weir_pod_of_current(void)
 	return weir_pod_lookup_id(bpf_get_current_ancestor_cgroup_id(weir_cfg.pod_level_lo));
 }
 
+/*
+ * Is the destination one of the pod's own addresses (weir_pod_ips)? A pod
+ * reaching itself is never judged (Kubernetes never isolates a pod from
+ * itself). Called only on the would-drop path. An IPv4-mapped IPv6
+ * destination (::ffff:a.b.c.d from a dual-stack socket) is its IPv4 address.
+ */
+static __always_inline int weir_is_own_address(const struct weir_pod_value *pod, const struct weir_flow *f)
+{
+	struct weir_pod_ip_key k;
+	struct weir_pod_ip_value *v;
+
+	__builtin_memset(&k, 0, sizeof(k));
+	if (f->family == AF_INET6) {
+		__u32 w[4];
+
+		__builtin_memcpy(w, f->dst, 16);
+		if (w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0x0000ffff)) {
+			k.family = AF_INET;
+			__builtin_memcpy(k.addr, &w[3], 4);
+		} else {
+			k.family = AF_INET6;
+			__builtin_memcpy(k.addr, f->dst, 16);
+		}
+	} else {
+		k.family = AF_INET;
+		__builtin_memcpy(k.addr, f->dst, 4);
+	}
+	v = bpf_map_lookup_elem(&weir_pod_ips, &k);
+	return v && v->endpoint_id == pod->endpoint_id;
+}
+
 #endif /* WEIR_IDENTITY_H */

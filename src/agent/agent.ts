@@ -464,7 +464,8 @@ export class Agent {
         cg = { dir, id: cgroupIdOf(dir) };
         this.cgroups.set(dp.uid, cg);
       }
-      bindings.push({ uid: dp.uid, namespace: dp.namespace, name: dp.name, cgroupId: cg.id, setKey: dp.setKey });
+      // ips: the pod's own addresses, which the datapath never judges (a pod is never isolated from itself).
+      bindings.push({ uid: dp.uid, namespace: dp.namespace, name: dp.name, cgroupId: cg.id, setKey: dp.setKey, ips: (dp.pod.status?.podIPs ?? []).map((p) => p.ip) });
     }
     for (const uid of this.cgroups.keys()) if (!live.has(uid)) this.cgroups.delete(uid);
     this.updatePending(pending, state.pods);

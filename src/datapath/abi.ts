@@ -5,6 +5,8 @@ import { FANOUT } from './trie.js';
 
 export const SIZES = {
   weir_pod_value: 16,
+  weir_pod_ip_key: 20,
+  weir_pod_ip_value: 4,
   weir_set_value: 16,
   weir_trie_node: 1024,
   weir_port_range: 8,
@@ -23,6 +25,9 @@ export const OFFSETS = {
   'weir_pod_value.set_id': 0,
   'weir_pod_value.endpoint_id': 4,
   'weir_pod_value.flags': 8,
+  'weir_pod_ip_key.family': 0,
+  'weir_pod_ip_key.addr': 4,
+  'weir_pod_ip_value.endpoint_id': 0,
   'weir_set_value.root4': 0,
   'weir_set_value.root6': 4,
   'weir_set_value.flags': 8,
@@ -148,6 +153,34 @@ export function decodePodValue(b: Buffer): PodValue {
     endpointId: b.readUInt32LE(OFFSETS['weir_pod_value.endpoint_id']),
     flags: b.readUInt32LE(OFFSETS['weir_pod_value.flags']),
   };
+}
+
+export interface PodIpKey {
+  family: number; // AF_INET (2) or AF_INET6 (10)
+  addr: Uint8Array; // 4 or 16 bytes
+}
+
+export function encodePodIpKey(k: PodIpKey): Buffer {
+  const b = Buffer.alloc(SIZES.weir_pod_ip_key);
+  b.writeUInt8(k.family, OFFSETS['weir_pod_ip_key.family']);
+  Buffer.from(k.addr).copy(b, OFFSETS['weir_pod_ip_key.addr']);
+  return b;
+}
+
+export function decodePodIpKey(b: Buffer): PodIpKey {
+  const family = b.readUInt8(OFFSETS['weir_pod_ip_key.family']);
+  const o = OFFSETS['weir_pod_ip_key.addr'];
+  return { family, addr: Uint8Array.from(b.subarray(o, o + (family === 2 ? 4 : 16))) };
+}
+
+export function encodePodIpValue(endpointId: number): Buffer {
+  const b = Buffer.alloc(SIZES.weir_pod_ip_value);
+  b.writeUInt32LE(endpointId, OFFSETS['weir_pod_ip_value.endpoint_id']);
+  return b;
+}
+
+export function decodePodIpValue(b: Buffer): number {
+  return b.readUInt32LE(OFFSETS['weir_pod_ip_value.endpoint_id']);
 }
 
 export interface SetValue {

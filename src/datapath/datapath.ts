@@ -55,6 +55,8 @@ export interface Capacities {
   nodes: number;
   classes: number;
   conntrack: number;
+  /** weir_pod_ips: the pods' own addresses; default = 2 × pods (dual stack). */
+  podAddresses: number;
   aggregation: number;
   ringbufBytes: number;
 }
@@ -66,6 +68,7 @@ export const DEFAULT_CAPACITIES: Capacities = {
   nodes: 16384,
   classes: 16384,
   conntrack: 65536,
+  podAddresses: 8192,
   aggregation: 16384,
   ringbufBytes: 4 << 20,
 };
@@ -110,6 +113,7 @@ export const MAP_NAMES = [
   'weir_counters',
   'weir_stats',
   'weir_ct',
+  'weir_pod_ips',
   'weir_agg',
   'weir_events',
   'weir_sk_owner',
@@ -150,6 +154,7 @@ export class Datapath {
     this.pinDir = pinDir;
     const policyMaps: PolicyMaps = {
       pods: this.map('weir_pods') as WritableMap,
+      podIps: this.map('weir_pod_ips') as WritableMap,
       sets: this.map('weir_sets') as WritableMap,
       nodes: this.map('weir_nodes') as WritableMap,
       classes: this.map('weir_classes') as WritableMap,
@@ -165,7 +170,12 @@ export class Datapath {
     const pinDir = opts.pinDir ?? join(opts.bpffs, 'weir');
     mkdirSync(join(pinDir, 'maps'), { recursive: true });
     mkdirSync(join(pinDir, 'links'), { recursive: true });
-    const caps = { ...DEFAULT_CAPACITIES, ...opts.capacities };
+    const caps = {
+      ...DEFAULT_CAPACITIES,
+      // A derived default follows the capacity it depends on.
+      podAddresses: 2 * (opts.capacities?.pods ?? DEFAULT_CAPACITIES.pods),
+      ...opts.capacities,
+    };
     const objectsDir = opts.objectsDir ?? DEFAULT_OBJECTS_DIR;
     const rodata = encodeConfig({
       podLevelLo: opts.podLevel + 1,
@@ -182,6 +192,7 @@ export class Datapath {
       weir_classes: caps.classes,
       weir_counters: caps.endpoints * CONST.WEIR_COUNTER_STRIDE,
       weir_ct: caps.conntrack,
+      weir_pod_ips: caps.podAddresses,
       weir_agg: caps.aggregation,
       weir_events: caps.ringbufBytes,
     };
@@ -352,7 +363,7 @@ export class Datapath {
   }
 
   /** Entries currently in the hash maps (walks them: for status, not hot paths). */
-  hashMapEntries(name: 'weir_ct' | 'weir_agg' | 'weir_pods'): number {
+  hashMapEntries(name: 'weir_ct' | 'weir_agg' | 'weir_pods' | 'weir_pod_ips'): number {
     return this.map(name).keys().length;
   }
 

@@ -3,7 +3,8 @@
 //
 //   1. new port classes, then new trie nodes (children before parents),
 //   2. each changed set in one element update (its new roots),
-//   3. pod entries (cgroup id -> set, endpoint),
+//   3. pod entries (cgroup id -> set, endpoint), then the pods' addresses
+//      (weir_pod_ips: address -> endpoint, for the own-address exemption),
 //   4. only then release what nothing references any more; released
 //      indices are quarantined before reuse (see allocator.ts).
 //
@@ -13,12 +14,17 @@
 import type { Logger } from 'pino';
 import type { DesiredSet, DesiredState } from '../policy/engine.js';
 import { classKey, SET_F_E_ISOLATED, SET_F_VALID, type FlatPrefix } from '../policy/compile.js';
+import { addressBytes } from '../policy/prefix.js';
 import {
   SIZES,
+  decodePodIpKey,
+  decodePodIpValue,
   decodePodValue,
   decodeSetValue,
   decodeTrieNode,
   decodePortClass,
+  encodePodIpKey,
+  encodePodIpValue,
   encodePodValue,
   encodePortClass,
   encodeSetValue,
@@ -44,6 +50,8 @@ export interface WritableMap {
 
 export interface PolicyMaps {
   pods: WritableMap;
+  /** weir_pod_ips: each address of a pod -> its endpoint id. */
+  podIps: WritableMap;
   sets: WritableMap;
   nodes: WritableMap;
   classes: WritableMap;
@@ -69,6 +77,11 @@ export interface PodBinding {
   name: string;
   cgroupId: bigint;
   setKey: string;
+  /**
+   * The pod's own addresses (status.podIPs). The datapath passes the pod's
+   * traffic to them like loopback: Kubernetes never isolates a pod from itself.
+   */
+  ips?: readonly string[];
 }
 
 export interface ApplyResult {
@@ -79,6 +92,9 @@ export interface ApplyResult {
   classesWritten: number;
   podsWritten: number;
   podsRemoved: number;
+  /** weir_pod_ips entries written (new or changed owner) and deleted. */
+  addressesWritten: number;
+  addressesRemoved: number;
   failedSets: { key: string; error: string }[];
 }
 
@@ -123,6 +139,8 @@ export class StateWriter {
   /** cgroup id (decimal string) -> what was written for it. */
   private readonly pods = new Map<string, { value: PodValue; binding: PodBinding | null }>();
   private readonly endpointsByCgroup = new Map<string, number>();
+  /** weir_pod_ips as written: key (hex of the encoded key) -> endpoint id. */
+  private readonly podIps = new Map<string, number>();
   /** Indices held by state adopted from pinned maps, released after the first apply. */
   private legacy: { sets: number[]; nodes: number[]; classes: number[] } | null = null;
   private gen = 0;
@@ -159,6 +177,11 @@ export class StateWriter {
       this.pods.set(cg.toString(), { value: v, binding: null });
       this.endpointsByCgroup.set(cg.toString(), v.endpointId);
       this.endpointAlloc.reserve(v.endpointId);
+    }
+    const id = this.maps.podIps.dump();
+    for (let i = 0; i < id.count; i++) {
+      const k = id.keys.subarray(i * SIZES.weir_pod_ip_key, (i + 1) * SIZES.weir_pod_ip_key);
+      this.podIps.set(k.toString('hex'), decodePodIpValue(id.values.subarray(i * SIZES.weir_pod_ip_value, (i + 1) * SIZES.weir_pod_ip_value)));
     }
     const sd = this.maps.sets.dump();
     const seenNodes = new Set<number>();
@@ -208,6 +231,8 @@ export class StateWriter {
       classesWritten: 0,
       podsWritten: 0,
       podsRemoved: 0,
+      addressesWritten: 0,
+      addressesRemoved: 0,
       failedSets: [],
     };
     const wanted = new Set(bindings.map((b) => b.setKey));
@@ -253,6 +278,9 @@ export class StateWriter {
       }
       this.pods.set(cg, { value, binding: b });
     }
+    // The pods' addresses: after their pod entries, and before a removed
+    // pod's endpoint id is released below.
+    this.writeAddresses(wantPods, res);
     for (const [cg, cur] of [...this.pods]) {
       if (wantPods.has(cg)) continue;
       this.maps.pods.delete(u64Key(BigInt(cg)));
@@ -291,6 +319,59 @@ export class StateWriter {
     if (res.setsWritten + res.setsRemoved + res.podsWritten + res.podsRemoved > 0) this.gen = nextGen;
     res.generation = this.gen;
     return res;
+  }
+
+  /**
+   * Makes weir_pod_ips hold exactly the addresses of the pods written above,
+   * each mapped to its pod's endpoint. An address two pods claim (a stale
+   * status during a handover) is written for neither: the exemption is
+   * never granted to the wrong pod. A failed write (map full) is logged and
+   * retried on the next apply; until then that pod's traffic to itself is
+   * judged like any other (fail closed).
+   */
+  private writeAddresses(wantPods: Map<string, PodBinding>, res: ApplyResult): void {
+    const want = new Map<string, number | null>(); // null: claimed by two pods
+    for (const [cg, b] of wantPods) {
+      const ep = this.pods.get(cg)?.value.endpointId;
+      if (ep === undefined || this.pods.get(cg)?.binding !== b) continue;
+      for (const ip of b.ips ?? []) {
+        let key: string;
+        try {
+          const a = addressBytes(ip);
+          key = encodePodIpKey({ family: a.family === 4 ? 2 : 10, addr: a.bytes }).toString('hex');
+        } catch {
+          continue; // not an address (the model validates them; be safe)
+        }
+        const prev = want.get(key);
+        want.set(key, prev === undefined || prev === ep ? ep : null);
+      }
+    }
+    const failed: string[] = [];
+    for (const [key, ep] of want) {
+      if (ep === null || this.podIps.get(key) === ep) continue;
+      try {
+        this.maps.podIps.update(Buffer.from(key, 'hex'), encodePodIpValue(ep));
+        this.podIps.set(key, ep);
+        res.addressesWritten++;
+      } catch (err) {
+        failed.push(`${key}: ${(err as Error).message}`);
+      }
+    }
+    // Gone, claimed twice, or moved to a pod whose write failed above.
+    for (const [key, ep] of [...this.podIps]) {
+      if (want.get(key) === ep) continue;
+      this.maps.podIps.delete(Buffer.from(key, 'hex'));
+      this.podIps.delete(key);
+      res.addressesRemoved++;
+    }
+    if (failed.length > 0) {
+      this.log.warn({ failed: failed.length, first: failed[0] }, 'pod addresses could not be written (weir_pod_ips full?); those pods reaching themselves are judged');
+    }
+  }
+
+  /** The addresses written to weir_pod_ips, with the endpoint each belongs to (tests, status). */
+  podAddresses(): { family: number; addr: Uint8Array; endpointId: number }[] {
+    return [...this.podIps].map(([k, ep]) => ({ ...decodePodIpKey(Buffer.from(k, 'hex')), endpointId: ep }));
   }
 
   private writeFailClosed(key: string, gen: number): void {
@@ -433,6 +514,7 @@ export class StateWriter {
   usage(): Record<string, { used: number; capacity: number }> {
     return {
       weir_pods: { used: this.pods.size, capacity: this.maps.pods.maxEntries },
+      weir_pod_ips: { used: this.podIps.size, capacity: this.maps.podIps.maxEntries },
       weir_sets: { used: this.setAlloc.inUse, capacity: this.maps.sets.maxEntries - 1 },
       weir_nodes: { used: this.nodeAlloc.inUse, capacity: this.maps.nodes.maxEntries - 1 },
       weir_classes: { used: this.classAlloc.inUse, capacity: this.maps.classes.maxEntries - 1 },

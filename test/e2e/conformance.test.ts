@@ -937,21 +937,11 @@ describe('NetworkPolicy egress conformance (upstream netpol e2e, egress cases, r
     });
   });
 
-  // KNOWN BUG (open, see docs/conformance.md): a UDP reply to the pod's own IP
-  // is judged by sendmsg4 as egress. it.fails keeps the case running and turns
-  // red the day the datapath is fixed, so the marker must then be removed.
-  it.fails("egress mirror of 'should not allow access by TCP when a policy specifies only UDP'", async () => {
+  it("egress mirror of 'should not allow access by TCP when a policy specifies only UDP'", async () => {
     await createPolicy(genPolicyWithPodMatchLabel('allow-only-udp-egress-on-port-81', { pod: 'a' }, setSpecEgressRules({ ports: [{ port: 81, protocol: 'UDP' }] })), 'x');
     await validateOrFail('x/a egress on UDP 81 only', (port, protocol) => {
       const r = newReachability();
       if (!(port === 81 && protocol === 'UDP')) r.expectAllEgress('x/a', false);
-      // KNOWN FAILING CELL (weir datapath bug, reported; not papered over):
-      // x/a -> x/a:81/UDP is allowed by the rule, but the echo server's reply
-      // (x/a:81 -> x/a:<ephemeral>) is judged by sendmsg4 as new egress and
-      // refused: cgroup_skb/ingress skips lo, so traffic to the pod's own IP
-      // never records the inbound flow that makes the reply a reply. The
-      // probe times out. TCP is not affected (its replies only meet the
-      // cgroup_skb/egress hook, which skips lo).
       return r;
     });
   });

@@ -9,11 +9,15 @@ import {
   STAT_NAMES,
   decodeCtKey,
   decodeEvent,
+  decodePodIpKey,
+  decodePodIpValue,
   decodePortClass,
   decodeSetValue,
   decodePodValue,
   encodeConfig,
   encodeCtKey,
+  encodePodIpKey,
+  encodePodIpValue,
   encodePodValue,
   encodePortClass,
   encodeSetValue,
@@ -93,6 +97,12 @@ describe('encoders round-trip', () => {
     expect(decodePortClass(encodePortClass(cls))).toEqual(cls);
     const ct = { endpointId: 3, family: 10, proto: 17, localPort: 53, remotePort: 40000, remote: Uint8Array.from({ length: 16 }, (_, i) => i) };
     expect(decodeCtKey(encodeCtKey(ct))).toEqual(ct);
+    const v4 = { family: 2, addr: Uint8Array.of(10, 244, 0, 2) };
+    const v6 = { family: 10, addr: Uint8Array.from({ length: 16 }, (_, i) => 0xf0 + i) };
+    expect(decodePodIpKey(encodePodIpKey(v4))).toEqual(v4);
+    expect(decodePodIpKey(encodePodIpKey(v6))).toEqual(v6);
+    expect([...encodePodIpKey(v4).subarray(OFFSETS['weir_pod_ip_key.addr'] + 4)]).toEqual(new Array(12).fill(0));
+    expect(decodePodIpValue(encodePodIpValue(4095))).toBe(4095);
     expect(encodeConfig({ podLevelLo: 2, podLevelHi: 3, eventIntervalNs: 1n, ctTimeoutNs: 2n, maxEndpoints: 9, flags: 1 }).length).toBe(SIZES.weir_config);
   });
 

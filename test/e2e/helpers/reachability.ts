@@ -102,6 +102,15 @@ export class Reachability {
     }
   }
 
+  /**
+   * Upstream's AllowLoopback: a pod always reaches itself, whatever the
+   * policies (Kubernetes never isolates a pod from itself). Call it after
+   * every other expectation; compare() does, for every case.
+   */
+  allowLoopback(): void {
+    for (const p of this.pods) this.expected.set(p, p, true);
+  }
+
   observe(from: PodString, to: PodString, connected: boolean): void {
     this.observed.set(from, to, connected);
   }
@@ -213,11 +222,13 @@ function describeResult(r: ProbeResult | undefined): string {
 
 /**
  * Compares every case's expected and observed tables. Self pairs (a pod to
- * its own IP) are compared too: upstream ignores them because CNIs differ,
- * but weir judges a pod's traffic to its own address like any other
- * destination (only 127/8 and ::1 are exempt), so its answer is defined.
+ * its own IP) are compared too, expected allowed (upstream's AllowLoopback,
+ * applied here to every case): upstream ignores them by default because
+ * CNIs differ, but weir defines them (the datapath passes a pod's traffic to
+ * its own addresses like loopback), so the answer is checked.
  */
 export function compare(title: string, cases: readonly TestCase[], observations: readonly Observation[], events: readonly string[] = []): Verdict {
+  for (const c of cases) c.reachability.allowLoopback();
   const byCell = new Map<string, ProbeResult>();
   for (const o of observations) byCell.set(`${o.port}/${o.protocol}/${o.from}>${o.to}`, o.result);
   const wrong: Wrong[] = [];

@@ -1,0 +1,370 @@
+// Kernel tests with real sockets: weir's programs attached to the test bed's
+// pods cgroup, and a child process (python3) in a pod's container cgroup and
+// in a throwaway network namespace of its own (unshare --net) that connects,
+// sends and receives. Covers what BPF_PROG_TEST_RUN cannot reach: the
+// connect/sendmsg hooks (test_run does not support sock_addr programs on
+// this kernel).
+//
+//  - A pod's traffic to its own address passes like loopback (Kubernetes
+//    never isolates a pod from itself); traffic to another pod's address is
+//    still judged.
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { KernelBed, inCgroup, nonLoopbackIfindex, type TestPod } from '../helpers/kernel.js';
+import { IPPROTO, TCP_ACK, TCP_SYN, packet, skbContext, type PacketSpec } from '../helpers/packets.js';
+import { cgroupIdOf } from '../../src/datapath/cgroups.js';
+import { decodeCtKey, type RawEvent } from '../../src/datapath/abi.js';
+import type { ApplyResult, PodBinding } from '../../src/datapath/state-writer.js';
+import { Datapath } from '../../src/datapath/datapath.js';
+import { addressBytes, bytesToAddress } from '../../src/policy/prefix.js';
+import { VERDICT_CODES } from '../../src/policy/verdict.js';
+import { pino } from 'pino';
+
+const PYTHON = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
+
+let bed: KernelBed;
+let ctx: Buffer;
+const pods = new Map<string, TestPod>(); // by uid
+const events: RawEvent[] = [];
+
+/** Compiles the model and writes it, with each pod's own addresses, as the agent does. */
+function sync(): ApplyResult {
+  const state = bed.engine.compute(bed.store);
+  const bindings: PodBinding[] = [];
+  for (const p of state.pods) {
+    const tp = pods.get(p.uid);
+    if (!tp) continue;
+    bindings.push({
+      uid: p.uid,
+      namespace: p.namespace,
+      name: p.name,
+      cgroupId: cgroupIdOf(tp.dir),
+      setKey: p.setKey,
+      ips: (p.pod.status?.podIPs ?? []).map((x) => x.ip),
+    });
+  }
+  const res = bed.dp.writer.apply(state, bindings);
+  expect(res.failedSets).toEqual([]);
+  return res;
+}
+
+function addPod(namespace: string, name: string, labels: Record<string, string>, ips: string[]): TestPod {
+  const p = bed.addPod(namespace, name, labels, ips);
+  pods.set(p.uid, p);
+  return p;
+}
+
+function networkPolicy(namespace: string, name: string, podLabels: Record<string, string>, egress: unknown[]): unknown {
+  return {
+    apiVersion: 'networking.k8s.io/v1',
+    kind: 'NetworkPolicy',
+    metadata: { name, namespace },
+    spec: { podSelector: { matchLabels: podLabels }, policyTypes: ['Egress'], egress },
+  };
+}
+
+// ---- the child: python3 in the pod's cgroup, in a network namespace of its own ----
+
+const CHILD_PY = String.raw`
+import errno, fcntl, json, os, socket, struct, sys
+cg, steps = sys.argv[1], json.loads(sys.argv[2])
+with open(os.path.join(cg, 'cgroup.procs'), 'w') as f:
+    f.write(str(os.getpid()))
+
+def name(e):
+    return errno.errorcode.get(e.errno, str(e.errno)) if isinstance(e, OSError) and e.errno else type(e).__name__
+
+def fam(host):
+    return socket.AF_INET6 if ':' in host else socket.AF_INET
+
+def udp_echo(host, port):
+    # A UDP echo server on the wildcard address and a client, both in this pod.
+    srv = socket.socket(fam(host), socket.SOCK_DGRAM)
+    cli = socket.socket(fam(host), socket.SOCK_DGRAM)
+    try:
+        srv.settimeout(1); cli.settimeout(1)
+        srv.bind(('::' if fam(host) == socket.AF_INET6 else '0.0.0.0', port))
+        try:
+            cli.sendto(b'ping', (host, port))
+        except OSError as e:
+            return 'send ' + name(e)
+        try:
+            data, addr = srv.recvfrom(64)
+        except socket.timeout:
+            return 'request lost'
+        try:
+            srv.sendto(data, addr)
+        except OSError as e:
+            return 'reply ' + name(e)
+        try:
+            cli.recvfrom(64)
+        except socket.timeout:
+            return 'reply lost'
+        return 'ok'
+    finally:
+        srv.close(); cli.close()
+
+def tcp(host, port):
+    lst = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)  # dual stack
+    cli = socket.socket(fam(host), socket.SOCK_STREAM)
+    try:
+        lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        lst.bind(('::', port)); lst.listen(4)
+        cli.settimeout(1)
+        try:
+            cli.connect((host, port))
+        except OSError as e:
+            return 'connect ' + name(e)
+        return 'ok'
+    finally:
+        cli.close(); lst.close()
+
+def csum(b):
+    if len(b) % 2:
+        b += b'\0'
+    s = sum(struct.unpack('!%dH' % (len(b) // 2), b))
+    while s >> 16:
+        s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+
+def inject(ifname, src, sport, dst, dport, payload=b'pong'):
+    # An answer arriving from outside: a frame written on the veth peer.
+    udp = struct.pack('!HHHH', sport, dport, 8 + len(payload), 0) + payload
+    if fam(src) == socket.AF_INET:
+        ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                         socket.inet_aton(src), socket.inet_aton(dst))
+        ip = ip[:10] + struct.pack('!H', csum(ip)) + ip[12:]
+        ethertype = b'\x08\x00'
+    else:
+        s6, d6 = socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)
+        pseudo = s6 + d6 + struct.pack('!I3xB', len(udp), 17)
+        udp = udp[:6] + struct.pack('!H', csum(pseudo + udp) or 0xffff) + udp[8:]
+        ip = struct.pack('!IHBB16s16s', 0x60000000, len(udp), 17, 64, s6, d6)
+        ethertype = b'\x86\xdd'
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    try:
+        # SIOCGIFHWADDR of the receiving end (v0): this netns has no sysfs of its own.
+        peer = fcntl.ioctl(s.fileno(), 0x8927, struct.pack('256s', b'v0'))[18:24]
+        eth = peer + bytes.fromhex('020000000099') + ethertype
+        s.bind((ifname, 0))
+        s.send(eth + ip + udp)
+    finally:
+        s.close()
+
+def udp_flow(own, lport, host, port, connect=False, answer=True):
+    # The pod sends from lport to host:port (sendto, or connect()+send()) and the remote answers.
+    s = socket.socket(fam(host), socket.SOCK_DGRAM)
+    try:
+        s.settimeout(1)
+        s.bind(('::' if fam(host) == socket.AF_INET6 else '0.0.0.0', lport))
+        try:
+            if connect:
+                s.connect((host, port)); s.send(b'hello')
+            else:
+                s.sendto(b'hello', (host, port))
+        except OSError as e:
+            return 'send ' + name(e)
+        if not answer:
+            return 'ok'
+        inject('v1', host, port, own, lport)
+        try:
+            s.recvfrom(64)
+        except socket.timeout:
+            return 'answer lost'
+        return 'ok'
+    finally:
+        s.close()
+
+def udp_serve(own, lport, host, port):
+    # A remote opens the flow: its datagram arrives first, the pod answers it.
+    s = socket.socket(fam(host), socket.SOCK_DGRAM)
+    try:
+        s.settimeout(1)
+        s.bind(('::' if fam(host) == socket.AF_INET6 else '0.0.0.0', lport))
+        inject('v1', host, port, own, lport)
+        try:
+            data, addr = s.recvfrom(64)
+        except socket.timeout:
+            return 'request lost'
+        try:
+            s.sendto(data, addr)
+        except OSError as e:
+            return 'reply ' + name(e)
+        return 'ok'
+    finally:
+        s.close()
+
+out = []
+for step in steps:
+    kind = step[0]
+    try:
+        out.append(globals()[kind](*step[1:]))
+    except Exception as e:
+        out.append('error ' + name(e) + ' ' + str(e))
+print(json.dumps(out))
+`;
+
+/** Network namespace setup: the pod's addresses on a veth whose peer (v1) injects answers; default routes through it. */
+function netnsSetup(v4: string[], v6: string[]): string {
+  return [
+    'set -e',
+    'ip link set lo up',
+    'ip link add v0 type veth peer name v1',
+    ...v4.map((a) => `ip addr add ${a} dev v0`),
+    ...v6.map((a) => `ip -6 addr add ${a} dev v0 nodad`),
+    'ip link set v0 up',
+    'ip link set v1 up',
+    'ip route add default dev v0',
+    ...(v6.length > 0 ? ['ip -6 route add default dev v0'] : []),
+    'echo 0 > /proc/sys/net/ipv4/conf/all/rp_filter',
+    'echo 0 > /proc/sys/net/ipv4/conf/v0/rp_filter',
+  ].join('\n');
+}
+
+type Step = [string, ...unknown[]];
+
+/** Runs the steps in the pod's container cgroup, in a fresh network namespace; returns each step's outcome. */
+function inPodNetns(pod: TestPod, setup: string, steps: Step[]): string[] {
+  const script = `${setup}\nexec ${PYTHON} -c "$WEIR_CHILD_PY" "$@"`;
+  const r = spawnSync('unshare', ['--net', '--', '/bin/sh', '-c', script, 'child', pod.container(), JSON.stringify(steps)], {
+    encoding: 'utf8',
+    timeout: 30_000,
+    env: { ...process.env, WEIR_CHILD_PY: CHILD_PY },
+  });
+  expect(r.status, `child failed: ${r.stderr}`).toBe(0);
+  const lines = r.stdout.trim().split('\n');
+  return JSON.parse(lines[lines.length - 1] ?? '[]') as string[];
+}
+
+function testRun(pod: TestPod, program: 'weir_egress' | 'weir_ingress', spec: PacketSpec): number {
+  return inCgroup(pod.container(), () => bed.dp.testRun(program, { data: packet(spec), ctx }).retval);
+}
+
+function sockets(pod: TestPod, verdict: 'allow' | 'drop' | 'reply'): bigint {
+  return bed.dp.counters(bed.endpointOf(pod)).sockets[verdict]?.packets ?? 0n;
+}
+
+function drained(): RawEvent[] {
+  bed.dp.drainEvents();
+  return events.splice(0);
+}
+
+/** A pod's inbound flows (weir_ct), as "local->remote:port/proto". */
+function flows(map: 'weir_ct', pod: TestPod): string[] {
+  const ep = bed.endpointOf(pod);
+  return bed.dp
+    .map(map)
+    .keys()
+    .map(decodeCtKey)
+    .filter((k) => k.endpointId === ep)
+    .map((k) => `${k.localPort}->${bytesToAddress(k.family === 10 ? 6 : 4, k.remote)}:${k.remotePort}/${k.proto}`)
+    .sort();
+}
+
+beforeAll(async () => {
+  bed = await KernelBed.create({ eventIntervalMs: 60_000 });
+  ctx = skbContext(nonLoopbackIfindex());
+  bed.dp.attach(bed.podsRoot, cgroupIdOf(bed.podsRoot));
+  bed.dp.startEvents(
+    (evs) => events.push(...evs),
+    () => {},
+  );
+});
+
+afterAll(() => {
+  bed?.close();
+});
+
+// ---- a pod reaching itself ------------------------------------------------------------
+
+describe("a pod's traffic to its own address (Kubernetes never isolates a pod from itself)", () => {
+  const OWN = '10.244.1.10';
+  const OWN6 = 'fd00:10:244:1::10';
+  const OTHER = '10.244.1.20';
+  let self: TestPod;
+  let other: TestPod;
+
+  beforeAll(() => {
+    self = addPod('x', 'a', { pod: 'a' }, [OWN, OWN6]);
+    other = addPod('x', 'b', { pod: 'b' }, [OTHER]);
+    // Upstream's 'allow-only-udp-egress-on-port-81'.
+    bed.add(networkPolicy('x', 'allow-only-udp-egress-on-port-81', { pod: 'a' }, [{ ports: [{ protocol: 'UDP', port: 81 }] }]));
+    sync();
+    drained();
+  });
+
+  /** x/a's netns: its own addresses, and x/b's address too (local, so only weir can refuse it). */
+  const setup = (): string => netnsSetup([`${OWN}/24`, `${OTHER}/32`], [`${OWN6}/64`]);
+
+  it("a UDP echo to the pod's own address on the allowed port: the server's reply to the client is not judged", () => {
+    // Before the fix the reply (x/a:81 -> x/a:<ephemeral>) was refused by sendmsg4.
+    expect(inPodNetns(self, setup(), [['udp_echo', OWN, 81], ['udp_echo', OWN6, 81]])).toEqual(['ok', 'ok']);
+  });
+
+  it('the pod reaches itself on ports and protocols its policy does not allow, TCP and UDP, IPv4, IPv6 and IPv4-mapped', () => {
+    const drops = sockets(self, 'drop');
+    expect(
+      inPodNetns(self, setup(), [
+        ['tcp', OWN, 80],
+        ['udp_echo', OWN, 80],
+        ['tcp', OWN6, 80],
+        ['udp_echo', OWN6, 80],
+        ['tcp', `::ffff:${OWN}`, 80],
+      ]),
+    ).toEqual(['ok', 'ok', 'ok', 'ok', 'ok']);
+    // Like loopback: neither counted as a drop nor reported.
+    expect(sockets(self, 'drop')).toBe(drops);
+    expect(drained().filter((e) => e.verdict !== VERDICT_CODES.allow)).toEqual([]);
+  });
+
+  it("another pod's address is judged as always (even when it is local to the sender's namespace)", () => {
+    const drops = sockets(self, 'drop');
+    // x/a -> x/b:81/UDP is allowed and arrives; the answer (sent by x/a's own
+    // server socket, which received it on x/b's address) goes to x/b's
+    // address, not x/a's: it is judged, and refused.
+    expect(inPodNetns(self, setup(), [['tcp', OTHER, 80], ['udp_echo', OTHER, 80], ['udp_echo', OTHER, 81]])).toEqual([
+      'connect EPERM',
+      'send EPERM',
+      'reply EPERM',
+    ]);
+    expect(sockets(self, 'drop')).toBe(drops + 3n);
+    const evs = drained().filter((e) => e.verdict === VERDICT_CODES.drop);
+    expect(evs.map((e) => bytesToAddress(4, e.dst))).toEqual([OTHER, OTHER, OTHER]);
+  });
+
+  it('weir_pod_ips holds each governed pod address with its endpoint; an address two pods claim is written for neither; a restarted agent adopts them; a removed pod takes its addresses along', async () => {
+    const addrs = (): string[] =>
+      bed.dp.writer
+        .podAddresses()
+        .map((a) => `${bytesToAddress(a.family === 10 ? 6 : 4, a.addr)}=${a.endpointId}`)
+        .sort();
+    const ep = (p: TestPod): number => bed.endpointOf(p);
+    expect(addrs()).toEqual([`${OTHER}=${ep(other)}`, `${OWN}=${ep(self)}`, `${OWN6}=${ep(self)}`].sort());
+    expect(bed.dp.hashMapEntries('weir_pod_ips')).toBe(3);
+    // A second pod claiming x/b's address (a stale status during a handover).
+    const twin = addPod('x', 'b-twin', { pod: 'b-twin' }, [OTHER, 'fd00:10:244:1::21']);
+    const r1 = sync();
+    expect(addrs()).toEqual([`fd00:10:244:1::21=${ep(twin)}`, `${OWN}=${ep(self)}`, `${OWN6}=${ep(self)}`].sort());
+    expect(r1.addressesRemoved).toBe(1);
+    bed.store.delete('Pod', 'x', 'b-twin');
+    pods.delete(twin.uid);
+    sync();
+    expect(addrs()).toEqual([`${OTHER}=${ep(other)}`, `${OWN}=${ep(self)}`, `${OWN6}=${ep(self)}`].sort());
+    // A restarted agent adopts the pinned map as it is.
+    const second = await Datapath.open({ bpffs: '/sys/fs/bpf', pinDir: bed.pinDir, podLevel: 0, logger: pino({ level: 'silent' }) });
+    try {
+      expect(second.writer.podAddresses().map((a) => a.endpointId).sort()).toEqual([ep(other), ep(self), ep(self)].sort());
+    } finally {
+      second.close();
+    }
+    const otherEp = ep(other);
+    bed.store.delete('Pod', 'x', 'b');
+    pods.delete(other.uid);
+    expect(sync().addressesRemoved).toBe(1);
+    expect(addrs()).toEqual([`${OWN}=${ep(self)}`, `${OWN6}=${ep(self)}`].sort());
+    const key = Buffer.concat([Buffer.from([2, 0, 0, 0]), Buffer.from(addressBytes(OTHER).bytes), Buffer.alloc(12)]);
+    expect(bed.dp.map('weir_pod_ips').lookup(key)).toBeNull();
+    expect(otherEp).toBeGreaterThanOrEqual(0);
+  });
+});
