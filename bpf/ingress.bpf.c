@@ -5,12 +5,54 @@
  * under default-deny still answers its clients). Only a TCP SYN, a UDP
  * datagram or an ICMP echo request creates an entry; other TCP packets
  * refresh one. A pod cannot open a reply path for itself: its own packets
- * are egress, and loopback is ignored here too.
+ * are egress, loopback is ignored here too, and a UDP (or SCTP) datagram
+ * that answers a flow the pod opened (a send remembered in weir_sk_flows, or
+ * a socket connected to the datagram's source) is not recorded as an inbound flow, so the pod's own
+ * flow never outlives its allowance as a "reply". TCP needs no such check: a
+ * flow the pod opened is answered by a SYN-ACK, which creates nothing.
  */
 #include "lib/common.h"
 #include "lib/identity.h"
 #include "lib/parse.h"
 #include "lib/conntrack.h"
+
+/*
+ * Does this datagram answer a flow the pod opened? Yes when the receiving
+ * socket is connected to the datagram's source (the pod chose that peer),
+ * or when the socket sent to the source itself (weir_sk_flows).
+ */
+static __always_inline int weir_answers_own_flow(struct __sk_buff *skb, const struct weir_flow *f)
+{
+	struct bpf_sock *sk = skb->sk;
+	__u32 a[4], d[4];
+	__u16 dport;
+
+	if (!sk)
+		return 0;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return 0;
+	/* Each field read at its own offset: the verifier refuses arithmetic
+	 * on a socket pointer, which a family-dependent choice of field would
+	 * otherwise compile to. An unconnected socket has no destination port. */
+	dport = *(volatile __u16 *)&sk->dst_port;
+	if (dport && dport == bpf_htons(f->sport)) {
+		__builtin_memcpy(a, f->src, 16);
+		if (f->family == AF_INET) {
+			d[0] = *(volatile __u32 *)&sk->dst_ip4;
+			if (d[0] == a[0])
+				return 1;
+		} else {
+			d[0] = *(volatile __u32 *)&sk->dst_ip6[0];
+			d[1] = *(volatile __u32 *)&sk->dst_ip6[1];
+			d[2] = *(volatile __u32 *)&sk->dst_ip6[2];
+			d[3] = *(volatile __u32 *)&sk->dst_ip6[3];
+			if (d[0] == a[0] && d[1] == a[1] && d[2] == a[2] && d[3] == a[3])
+				return 1;
+		}
+	}
+	return weir_sk_flow_was_opened(sk, f);
+}
 
 SEC("cgroup_skb/ingress")
 int weir_ingress(struct __sk_buff *skb)
@@ -66,7 +108,12 @@ int weir_ingress(struct __sk_buff *skb)
 		k.remote_port = l4.icmp_id;
 	}
 	__builtin_memcpy(k.remote, f.src, 16);
-	weir_ct_inbound(&k, create);
+	if (weir_ct_refresh(&k) || !create)
+		return 1;
+	/* A datagram answering a flow the pod opened is not an inbound flow. */
+	if ((f.proto == IPPROTO_UDP || f.proto == IPPROTO_SCTP) && weir_answers_own_flow(skb, &f))
+		return 1;
+	weir_ct_create(&k);
 	return 1;
 }
 

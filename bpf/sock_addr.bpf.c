@@ -6,7 +6,9 @@
  * names the process (pid, comm). Replies of a server socket (UDP sendto to
  * a client that reached the pod first) pass as replies. A pod's traffic to
  * its own addresses passes like loopback (weir_pod_ips, looked up only when
- * the policy would not allow).
+ * the policy would not allow). An unconnected UDP send judged as new egress
+ * is remembered on the socket as a flow the pod opened (weir_sk_flows), so
+ * that its answers are not recorded as inbound flows by the ingress program.
  */
 #include "lib/common.h"
 #include "lib/identity.h"
@@ -79,6 +81,11 @@ static __always_inline int weir_sock_verdict(struct bpf_sock_addr *ctx, __u8 fam
 			d.reason = WEIR_REASON_REPLY;
 		}
 	}
+	/* An unconnected UDP send that opens a flow: remember it on the socket
+	 * (after autobind, so the answer reaches this very socket). */
+	if ((hook == WEIR_HOOK_SENDMSG4 || hook == WEIR_HOOK_SENDMSG6) && f.proto == IPPROTO_UDP &&
+	    ctx->sk && (d.verdict == WEIR_VERDICT_ALLOW || d.verdict == WEIR_VERDICT_AUDIT))
+		weir_sk_flow_opened(ctx->sk, &f);
 	weir_count(pod->endpoint_id, WEIR_COUNT_SOCKETS, d.verdict, 1, 0);
 	if (weir_reportable(d.verdict)) {
 		struct weir_origin o = { .hook = hook };

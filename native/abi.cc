@@ -216,6 +216,17 @@ Napi::Object AbiInfo(Napi::Env env) {
   FIELD(weir_sk_owner, _pad);
   FIELD(weir_sk_owner, comm);
 
+  CONST(WEIR_SK_FLOW_SLOTS);
+  STRUCT(weir_sk_flow);
+  FIELD(weir_sk_flow, remote);
+  FIELD(weir_sk_flow, remote_port);
+  FIELD(weir_sk_flow, family);
+  FIELD(weir_sk_flow, _pad0);
+  FIELD(weir_sk_flow, _pad1);
+  FIELD(weir_sk_flow, last_sent_ns);
+  STRUCT(weir_sk_flows);
+  FIELD(weir_sk_flows, slot);
+
   STRUCT(weir_config);
   FIELD(weir_config, pod_level_lo);
   FIELD(weir_config, pod_level_hi);

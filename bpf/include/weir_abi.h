@@ -308,6 +308,39 @@ struct weir_sk_owner {
 };
 _Static_assert(sizeof(struct weir_sk_owner) == 24, "weir_sk_owner");
 
+/*
+ * weir_sk_flows: SK_STORAGE, on a UDP socket of a pod that sent with
+ * sendto()/sendmsg() to an address (unconnected): the destinations it
+ * opened flows to, remembered when sendmsg4/6 judge the send as new egress
+ * (allow or audit; not a reply to an inbound flow). The ingress program
+ * does not record an inbound flow (weir_ct) for a datagram that reaches the
+ * socket from one of them (nor from the peer of a connected socket), so the
+ * pod's own flow never becomes a "reply" path that outlives its allowance.
+ * Only ever read to *not* create weir_ct entries: it lets nothing through.
+ *
+ * Per socket, so the socket that sent is the one the answer reaches (same
+ * local port) and the storage dies with the socket: no endpoint, no local
+ * port, no cleanup. Direct-mapped by a hash of (remote, port): a socket
+ * with more live destinations than slots can lose one, whose answer is then
+ * recorded as an inbound flow, as before this map existed. Costs the send
+ * one socket-storage access, not a hash-map lookup.
+ */
+#define WEIR_SK_FLOW_SLOTS 16
+struct weir_sk_flow {
+	__u8 remote[16];	/* IPv4 uses the first 4 bytes */
+	__u16 remote_port;	/* network byte order; 0 = empty slot */
+	__u8 family;		/* AF_INET or AF_INET6 */
+	__u8 _pad0;
+	__u32 _pad1;
+	__u64 last_sent_ns;	/* bpf_ktime_get_coarse_ns() of the last send (1 s resolution) */
+};
+_Static_assert(sizeof(struct weir_sk_flow) == 32, "weir_sk_flow");
+
+struct weir_sk_flows {
+	struct weir_sk_flow slot[WEIR_SK_FLOW_SLOTS];
+};
+_Static_assert(sizeof(struct weir_sk_flows) == 32 * WEIR_SK_FLOW_SLOTS, "weir_sk_flows");
+
 /* ---- per-node settings ---------------------------------------------------- */
 
 /*

@@ -108,6 +108,13 @@ struct {
 	__type(value, struct weir_sk_owner);
 } weir_sk_owner SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct weir_sk_flows);
+} weir_sk_flows SEC(".maps");
+
 static __always_inline void weir_stat_inc(__u32 which)
 {
 	__u64 *v = bpf_map_lookup_elem(&weir_stats, &which);

@@ -117,6 +117,7 @@ export const MAP_NAMES = [
   'weir_agg',
   'weir_events',
   'weir_sk_owner',
+  'weir_sk_flows',
 ] as const;
 export type MapName = (typeof MAP_NAMES)[number];
 

@@ -1093,9 +1093,7 @@ describe('NetworkPolicy egress conformance (upstream netpol e2e, egress cases, r
     });
   });
 
-  // KNOWN BUG (open): ingress records replies to the pod's own UDP flows as
-  // inbound flows, so the flow survives revocation as a "reply".
-  it.fails("variant of 'should enforce updated policy': a UDP flow the server answered before the update is cut after it (same source port)", async () => {
+  it("variant of 'should enforce updated policy': a UDP flow the server answered before the update is cut after it (same source port)", async () => {
     // The matrix gives every UDP probe a fresh source port; this case reuses
     // one on purpose. Upstream's "should enforce updated policy" with a
     // client that keeps its socket across the update.
@@ -1110,12 +1108,8 @@ describe('NetworkPolicy egress conformance (upstream netpol e2e, egress cases, r
     const fresh = await client.probe({ proto: 'udp', host: server, port: 80, localPort: freshPort });
     const again = await client.probe({ proto: 'udp', host: server, port: 80, localPort: flowPort });
     const seen = (r: { ok: boolean; code: string | null }): string => (r.ok ? 'allowed' : (r.code ?? 'denied'));
-    // KNOWN FAILING (weir datapath bug, reported; not papered over): z/a's
-    // echo of the first datagram reached x/a as an inbound UDP datagram, and
-    // cgroup_skb/ingress records every inbound UDP datagram as a flow that
-    // reached the pod from outside (weir_ct). After the update, x/a's send
-    // from the same source port matches that entry and passes as a "reply"
-    // (for up to ct_timeout, 300 s), although x/a is now denied all egress.
+    // z/a's echo answered a flow x/a opened: it is not an inbound flow, so
+    // the same source port opens no "reply" path after the update.
     expect(
       { fresh: seen(fresh), sameSourcePort: seen(again) },
       `x/a -> z/a:80/UDP after 'deny-egress-pod-a': from a fresh port ${freshPort} and from the port ${flowPort} z/a answered before`,

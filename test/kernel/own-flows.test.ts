@@ -3,11 +3,15 @@
 // in a throwaway network namespace of its own (unshare --net) that connects,
 // sends and receives. Covers what BPF_PROG_TEST_RUN cannot reach: the
 // connect/sendmsg hooks (test_run does not support sock_addr programs on
-// this kernel).
+// this kernel) and the ingress program with a real receiving socket.
 //
 //  - A pod's traffic to its own address passes like loopback (Kubernetes
 //    never isolates a pod from itself); traffic to another pod's address is
 //    still judged.
+//  - A UDP flow the pod opened (sendto, or a connected socket) is not
+//    recorded as an inbound flow when the remote answers, so it does not
+//    survive the removal of its allowance as a "reply". A flow a remote
+//    opened still is, and the pod's replies to it still pass.
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -366,5 +370,78 @@ describe("a pod's traffic to its own address (Kubernetes never isolates a pod fr
     const key = Buffer.concat([Buffer.from([2, 0, 0, 0]), Buffer.from(addressBytes(OTHER).bytes), Buffer.alloc(12)]);
     expect(bed.dp.map('weir_pod_ips').lookup(key)).toBeNull();
     expect(otherEp).toBeGreaterThanOrEqual(0);
+  });
+});
+
+// ---- UDP flows the pod opened ------------------------------------------------------------
+
+describe('a UDP flow the pod opened is not recorded as an inbound flow when the remote answers', () => {
+  const OWN = '10.244.2.30';
+  const OWN6 = 'fd00:10:244:2::30';
+  let client: TestPod;
+  const setup = (): string => netnsSetup([`${OWN}/24`], [`${OWN6}/64`]);
+  const udp = (src: string, sport: number, dst: string, dport: number): PacketSpec => ({ src, dst, proto: IPPROTO.UDP, sport, dport });
+
+  beforeAll(() => {
+    client = addPod('y', 'client', { app: 'client' }, [OWN, OWN6]);
+    sync(); // no policy selects it yet: everything is allowed
+    drained();
+  });
+
+  it('before any policy: sendto and connected flows get their answers; a remote-opened flow is answered', () => {
+    expect(
+      inPodNetns(client, setup(), [
+        ['udp_flow', OWN, 31000, '203.0.113.50', 80], // sendto (sendmsg4)
+        ['udp_flow', OWN, 31002, '203.0.113.60', 80, true], // connect()+send()
+        ['udp_flow', OWN6, 31004, '2001:db8::60', 80, true], // connected, IPv6
+        ['udp_serve', OWN, 5300, '203.0.113.61', 5353], // the remote opens the flow
+      ]),
+    ).toEqual(['ok', 'ok', 'ok', 'ok']);
+  });
+
+  it("the answers created no inbound flow; the remote's own flow did", () => {
+    expect(flows('weir_ct', client)).toEqual(['5300->203.0.113.61:5353/17']);
+  });
+
+  it('a policy that denies all egress cuts the flows the pod opened (same source port), the marker letting nothing through', () => {
+    bed.add(networkPolicy('y', 'deny-egress-client', { app: 'client' }, []));
+    sync();
+    drained();
+    expect(testRun(client, 'weir_egress', udp(OWN, 31000, '203.0.113.50', 80))).toBe(0);
+    expect(testRun(client, 'weir_egress', udp(OWN, 31002, '203.0.113.60', 80))).toBe(0);
+    expect(testRun(client, 'weir_egress', udp(OWN6, 31004, '2001:db8::60', 80))).toBe(0);
+    // And at the socket: the same sendto from the same port is refused.
+    expect(inPodNetns(client, setup(), [['udp_flow', OWN, 31000, '203.0.113.50', 80, false, false]])).toEqual(['send EPERM']);
+  });
+
+  it('the flow the remote opened still passes as a reply (packet and socket), and is counted as one', () => {
+    const replies = sockets(client, 'reply');
+    expect(testRun(client, 'weir_egress', udp(OWN, 5300, '203.0.113.61', 5353))).toBe(1);
+    expect(inPodNetns(client, setup(), [['udp_flow', OWN, 5300, '203.0.113.61', 5353, false, false]])).toEqual(['ok']);
+    expect(sockets(client, 'reply')).toBe(replies + 1n);
+  });
+
+  it("a datagram reaching a socket that never sent to its source (test_run's own socket) still opens an inbound flow", () => {
+    expect(testRun(client, 'weir_ingress', udp('203.0.113.62', 53, OWN, 40000))).toBe(1);
+    expect(testRun(client, 'weir_egress', udp(OWN, 40000, '203.0.113.62', 53))).toBe(1);
+    expect(testRun(client, 'weir_ingress', udp('2001:db8::62', 53, OWN6, 40000))).toBe(1);
+    expect(testRun(client, 'weir_egress', udp(OWN6, 40000, '2001:db8::62', 53))).toBe(1);
+  });
+
+  it('a socket that remembers sending to a remote still gets nothing through by that alone', () => {
+    // 31000 -> 203.0.113.50:80 is remembered on the socket (the answer was not
+    // recorded); a new socket on the same port, denied, sends again: refused.
+    expect(inPodNetns(client, setup(), [['udp_flow', OWN, 31000, '203.0.113.50', 80, false, false], ['udp_flow', OWN6, 31006, '2001:db8::50', 80]])).toEqual([
+      'send EPERM',
+      'send EPERM',
+    ]);
+  });
+
+  it('TCP needs no marker: the answer to a connection the pod opened is a SYN-ACK, which creates no inbound flow', () => {
+    const synAck = { src: '203.0.113.70', dst: OWN, proto: IPPROTO.TCP, sport: 443, dport: 32000, tcpFlags: TCP_SYN | TCP_ACK };
+    expect(testRun(client, 'weir_ingress', synAck)).toBe(1);
+    expect(testRun(client, 'weir_ingress', { ...synAck, tcpFlags: TCP_ACK })).toBe(1);
+    expect(testRun(client, 'weir_egress', { src: OWN, dst: '203.0.113.70', proto: IPPROTO.TCP, sport: 32000, dport: 443 })).toBe(0);
+    expect(flows('weir_ct', client).filter((f) => f.endsWith('/6'))).toEqual([]);
   });
 });

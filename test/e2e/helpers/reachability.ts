@@ -144,12 +144,13 @@ const PROTO_OF: Record<Protocol, ProberRequest['proto']> = { TCP: 'tcp', UDP: 'u
  * pod has not used before in this run (20000-29999, below the kernel's
  * ephemeral range; it would cycle after 10,000 UDP probes per pod).
  *
- * Why: weir records every inbound UDP datagram as an inbound flow (weir_ct,
- * 300 s idle timeout), including the echo answering an earlier probe of the
- * pod itself. A later probe that happened to get the same ephemeral source
- * port to the same destination would pass as a "reply" where the policy now
- * denies it. That is a real weir bug (docs/conformance.md), tested on
- * purpose by one case; the matrix must not depend on ephemeral-port luck.
+ * Why: weir used to record every inbound UDP datagram as an inbound flow
+ * (weir_ct, 300 s idle timeout), including the echo answering an earlier
+ * probe of the pod itself, so a later probe that happened to get the same
+ * ephemeral source port to the same destination passed as a "reply" where
+ * the policy now denied it (bug 2 in docs/conformance.md, fixed; one case
+ * reuses a source port on purpose). Kept so that the matrix never depends on
+ * ephemeral-port luck.
  */
 const UDP_SOURCE_PORT_FIRST = 20000;
 const UDP_SOURCE_PORT_COUNT = 10000;
