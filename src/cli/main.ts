@@ -18,6 +18,7 @@ const commands: Record<string, () => Promise<Command>> = {
   audit: async () => (await import('./audit-command.js')).auditCommand,
   status: async () => (await import('./status-command.js')).statusCommand,
   observe: async () => (await import('./observe-command.js')).observeCommand,
+  preflight: async () => (await import('./preflight-command.js')).preflightCommand,
 };
 
 function mainHelp(): string {
@@ -32,6 +33,7 @@ Commands:
   status     show the state of the agent on this node
   observe    stream the agent's verdicts live, with filters
   audit      verify the tamper-evident audit log (weir audit verify FILE)
+  preflight  check whether this node meets weir's requirements (kernel, privileges, cgroup v2...)
 
 Run 'weir <command> --help' for the options of a command.
 `;
