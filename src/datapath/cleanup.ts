@@ -2,8 +2,8 @@
 // else. weir attaches only through bpf_links pinned under <pinDir>/links
 // and keeps its maps pinned under <pinDir>/maps (docs/architecture.md), so
 // everything it made is reachable from the pin directory:
-//   - each pinned link whose program is one of weir's (by name) is
-//     detached (BPF_LINK_DETACH: the program leaves the cgroup at once,
+//   - each pinned link that is weir's — pinned under one of weir's program
+//     names, a cgroup link, on that program's hook — is detached (BPF_LINK_DETACH: the program leaves the cgroup at once,
 //     even if another process still holds the link) and unpinned;
 //   - each pinned map with one of weir's map names is unpinned (the kernel
 //     frees it when the last program using it is gone);
@@ -13,7 +13,7 @@
 // never touched: weir never looks them up.
 import { existsSync, readdirSync, rmdirSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import { BpfLink, pinnedObjectType, progInfo } from '../native/index.js';
+import { BpfLink, pinnedObjectType } from '../native/index.js';
 import { MAP_NAMES, PROGRAMS } from './datapath.js';
 
 export interface CleanupReport {
@@ -28,7 +28,16 @@ export interface CleanupReport {
   removedDir: boolean;
 }
 
-const PROGRAM_NAMES = new Set(PROGRAMS.map((p) => p.program));
+// libbpf's names of the hooks (libbpf_bpf_attach_type_str), by weir's names.
+const HOOK_NAMES: Record<string, string> = {
+  egress: 'cgroup_inet_egress',
+  ingress: 'cgroup_inet_ingress',
+  connect4: 'cgroup_inet4_connect',
+  connect6: 'cgroup_inet6_connect',
+  sendmsg4: 'cgroup_udp4_sendmsg',
+  sendmsg6: 'cgroup_udp6_sendmsg',
+};
+const HOOK_OF = new Map(PROGRAMS.map((p) => [p.program, HOOK_NAMES[p.attachType]]));
 const WEIR_MAPS = new Set<string>(MAP_NAMES);
 
 export function cleanup(pinDir: string): CleanupReport {
@@ -44,16 +53,17 @@ export function cleanup(pinDir: string): CleanupReport {
     }
     const link = BpfLink.openPinned(path);
     try {
+      // Identified from the link alone: reading the program's name by id
+      // would need CAP_SYS_ADMIN, which the agent does not have.
       const info = link.info();
-      // Program names are cut to 15 characters by the kernel; weir's are shorter.
-      const name = progInfo(info.progId).name;
-      if (!PROGRAM_NAMES.has(name) || !PROGRAM_NAMES.has(f)) {
-        report.leftAlone.push({ path, why: `link of program ${JSON.stringify(name)}, not one of weir's` });
+      const hook = HOOK_OF.get(f);
+      if (hook === undefined || info.typeName !== 'cgroup' || info.attachTypeName !== hook) {
+        report.leftAlone.push({ path, why: `a ${info.typeName} link on ${info.attachTypeName ?? 'no cgroup hook'}, not one of weir's` });
         continue;
       }
       link.detach();
       link.unpin();
-      report.detached.push({ program: name, linkId: info.id, cgroupId: info.cgroupId !== undefined ? info.cgroupId.toString() : null });
+      report.detached.push({ program: f, linkId: info.id, cgroupId: info.cgroupId !== undefined ? info.cgroupId.toString() : null });
     } finally {
       link.close();
     }
