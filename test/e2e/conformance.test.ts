@@ -46,9 +46,11 @@ import {
   type PodString,
   type Protocol,
   type Target,
+  type Observation,
   type TestCase,
   type Wrong,
 } from './helpers/reachability.js';
+import { explain } from '../../src/policy/explain.js';
 
 // ---- topology ----------------------------------------------------------------
 
@@ -430,9 +432,24 @@ async function validateOrFail(step: string, build: (port: number, protocol: Prot
     }
     if (process.env.WEIR_CONFORMANCE_VERBOSE) console.log(verdict.report);
     expect(verdict.wrong.length, verdict.report).toBe(0);
+    // `weir explain` must give every cell the verdict its packets showed.
+    const disagreements = explainDisagreements(observations);
+    expect(disagreements, `weir explain disagrees with the packets (${step})`).toEqual([]);
   } finally {
     unsubscribe();
   }
+}
+
+/** Cells where `weir explain` on the agent's model says otherwise than the packets did. */
+function explainDisagreements(observations: readonly Observation[]): string[] {
+  const out: string[] = [];
+  for (const o of observations) {
+    const to = `${o.to}:${o.port}/${o.protocol}`;
+    const e = explain(cluster().agent.store, o.from, to);
+    const explained = e.verdict !== 'drop';
+    if (explained !== o.result.ok) out.push(`${o.from} -> ${to}: explain says ${e.verdict} (${e.reason}), packets ${o.result.ok ? 'passed' : `failed (${o.result.code ?? 'no answer'})`}`);
+  }
+  return out;
 }
 
 /**
@@ -1116,18 +1133,11 @@ describe('NetworkPolicy egress conformance (upstream netpol e2e, egress cases, r
     ).toEqual({ fresh: 'EPERM', sameSourcePort: 'EPERM' });
   });
 
-  // Last on purpose: while the bug below stands, the deleted policy stays in
-  // the agent's store until the source's periodic re-scan (60 s), which
-  // would leak into any case after this one.
-  // KNOWN BUG (open): recursive fs.watch on Linux stops reporting a file
-  // replaced by rename; the deletion applies only at the 60 s re-scan.
-  it.fails("should stop enforcing policies after they are deleted (egress half), the policy file having been replaced in place (atomic rename) before", async () => {
-    // KNOWN FAILING (weir bug in src/sources/manifests.ts, reported; not
-    // papered over): Node's recursive fs.watch on Linux stops reporting a
-    // file name once a file of that name was replaced by rename, which is
-    // how editors, `kubectl`-style tools and writeFileAtomic save. The
-    // deletion below is never seen, and the deleted policy keeps enforcing
-    // until the periodic re-scan (60 s later by default).
+  // Saves by atomic rename (editors, kubectl-style tools, writeFileAtomic)
+  // once hid later changes of the same file name from the manifests source
+  // (Node's recursive fs.watch on Linux); the source now watches each
+  // directory (docs/conformance.md, bug 3).
+  it("should stop enforcing policies after they are deleted (egress half), the policy file having been replaced in place (atomic rename) before", async () => {
     const file = 'netpol-x-deny-all.yaml';
     await createPolicy(genPolicy('deny-all', {}, setSpecIngressRules(), setSpecEgressRules()), 'x', { file });
     const denyX = everyPort(() => {
