@@ -2,7 +2,7 @@
 // the policy and writes the difference to the datapath; violation events
 // from the kernel are enriched with pod, workload, domain, policy and rule
 // and reported (log line, metrics).
-import { readFileSync } from 'node:fs';
+import { readFileSync, readlinkSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import { Registry } from 'prom-client';
@@ -684,9 +684,23 @@ export class Agent {
   }
 }
 
+/**
+ * The kernel's pids are those of the initial PID namespace; /proc shows
+ * them only when the agent runs there (a DaemonSet without hostPID does not:
+ * a lookup would find nothing, or another process of the agent's own pod).
+ * 4026531836 is the initial PID namespace's fixed inode (PROC_PID_INIT_INO).
+ */
+const IN_HOST_PID_NAMESPACE = ((): boolean => {
+  try {
+    return readlinkSync('/proc/self/ns/pid') === 'pid:[4026531836]';
+  } catch {
+    return false;
+  }
+})();
+
 /** The kernel reports the calling thread's name (Node's main thread is "MainThread"); name the process instead. */
 function processName(pid: number): string | null {
-  if (pid <= 0) return null;
+  if (pid <= 0 || !IN_HOST_PID_NAMESPACE) return null;
   try {
     return readFileSync(`/proc/${pid}/comm`, 'utf8').trim() || null;
   } catch {

@@ -58,16 +58,30 @@ function components(p: string): number {
 }
 
 /** Level of a directory inside the cgroup v2 hierarchy, from the mount it lives on. */
-export function cgroupLevel(dir: string): number {
+export function cgroupLevel(dir: string, mountinfo = '/proc/self/mountinfo'): number {
   const abs = resolve(dir);
   let best: Cgroup2Mount | undefined;
-  for (const m of cgroup2Mounts()) {
+  for (const m of cgroup2Mounts(mountinfo)) {
     const rel = relative(m.mountPoint, abs);
     if (rel.startsWith('..') || rel.startsWith(sep)) continue;
     if (!best || m.mountPoint.length > best.mountPoint.length) best = m;
   }
   if (!best) throw new Error(`${dir} is not on a cgroup v2 filesystem`);
-  return components(best.root) + components(relative(best.mountPoint, abs));
+  const below = components(relative(best.mountPoint, abs));
+  // The kernel's cgroup levels (bpf_*ancestor_cgroup_id) count from the
+  // hierarchy's real root. Only the root cgroup has no cgroup.type file, so a
+  // mount showing the real root (a host's /sys/fs/cgroup, also bind-mounted
+  // into a pod) is recognised whatever mountinfo says its root is: inside a
+  // cgroup namespace (every unprivileged pod on cgroup v2) the host's root
+  // appears as "/../../..", relative to the namespace.
+  if (!existsSync(join(best.mountPoint, 'cgroup.type'))) return below;
+  if (best.root.startsWith('/..')) {
+    throw new Error(
+      `${best.mountPoint} shows a cgroup outside this process's cgroup namespace (${best.root}), not the hierarchy root: ` +
+        "mount the host's cgroup v2 root (hostPath /sys/fs/cgroup) and pass it as --cgroup-root",
+    );
+  }
+  return components(best.root) + below;
 }
 
 /** Finds the kubelet's pods directory under --cgroup-root. */
