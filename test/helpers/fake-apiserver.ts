@@ -25,6 +25,25 @@
 //   Simple `labelSelector`s (k=v, k!=v, k, !k).
 // - `timeoutSeconds` ends the watch cleanly after that long.
 // - Bearer-token authentication (401 with a Status otherwise).
+// - RBAC, when given rules (`rbac: { rules, user }`, or setRbac()): every
+//   authenticated request is authorized as kube-apiserver's RBAC authorizer
+//   does, before anything else is done with it. The attributes come from the
+//   method and path as RequestInfo derives them: verb (GET of a collection:
+//   list, or watch with watch=true; GET of an object: get; POST create, PUT
+//   update, PATCH patch, DELETE delete, or deletecollection without a name;
+//   the legacy /watch/ path form), API group ('' for /api/v1), resource and
+//   subresource (`pods/log`), namespace, name (also a list's fieldSelector
+//   metadata.name=X). A rule matches on verbs, apiGroups, resources
+//   (`*`, `*` before a slash and a subresource), resourceNames and, for
+//   non-resource requests, nonResourceURLs (exact or a trailing `*`).
+//   Non-resource requests are authorized by path, and every authenticated
+//   user has the bootstrap roles system:discovery (/api, /api/*, /apis,
+//   /apis/*, /version, /openapi/*, health paths; not `/`),
+//   system:public-info-viewer and system:basic-user. A denied request gets
+//   403 with kube-apiserver's Forbidden Status (message `pods is forbidden:
+//   User "..." cannot list resource "pods" in API group "" at the cluster
+//   scope`, details {name, group, kind} with empty ones left out). The
+//   request log records each decision (RequestRecord.authorization).
 // - Failures as Status objects: failNext(n, status, retryAfter) answers the
 //   next n matching requests with that status (and a Retry-After header).
 // - Discovery: /version, /api, /api/v1, /apis, /apis/<group>/<version>.
@@ -125,7 +144,10 @@ export interface RequestRecord {
   resourceVersion?: string;
   /** The HTTP status sent (0: not answered, see hangNext()). */
   status: number;
+  /** Authenticated: the request carried the server's bearer token. */
   authorized: boolean;
+  /** The authorization decision, when the server enforces RBAC (authenticated requests only). */
+  authorization?: AuthorizationDecision;
   /** The namespace and object name in the path, for resource requests. */
   namespace?: string;
   name?: string;
@@ -158,6 +180,211 @@ export interface FakeApiServerOptions {
   initialResourceVersion?: number;
   /** Resources answered with 404, as when their CRD is not installed (see serve()/unserve()). */
   unserved?: string[];
+  /**
+   * Enforce RBAC on the token's requests: they are authorized against these
+   * rules (what the roles bound to the token's user grant, e.g. a
+   * ClusterRole's rules through a ClusterRoleBinding) plus what every
+   * authenticated user is granted (system:discovery,
+   * system:public-info-viewer, system:basic-user). Denied: 403 Forbidden.
+   * Default: no authorization (every authenticated request is allowed).
+   */
+  rbac?: FakeRbacOptions;
+}
+
+// ---------------------------------------------------------------------------
+// RBAC, as kube-apiserver's RBAC authorizer decides
+// (k8s.io/apiserver/pkg/endpoints/request/requestinfo.go for the request's
+// attributes, plugin/pkg/auth/authorizer/rbac for the rules).
+
+/** A rule of a Role or ClusterRole: rbac.authorization.k8s.io/v1 PolicyRule. */
+export interface PolicyRule {
+  apiGroups?: readonly string[];
+  /** Plural resource names, `pods/log` for a subresource; `*` is every resource, a `*` before a slash every resource's subresource. */
+  resources?: readonly string[];
+  verbs: readonly string[];
+  resourceNames?: readonly string[];
+  /** Non-resource paths (`/healthz`, `/apis/*`); ClusterRoles only, and not with resources. */
+  nonResourceURLs?: readonly string[];
+}
+
+export interface FakeRbacOptions {
+  rules: readonly PolicyRule[];
+  /** The token's user, as Forbidden messages name it (default system:serviceaccount:weir-system:weir). */
+  user?: string;
+}
+
+/** What a request is authorized on: kube-apiserver's RequestInfo. */
+export interface RequestAttributes {
+  /** false: a non-resource request (`/version`, `/apis`, `/healthz`), authorized by path. */
+  resourceRequest: boolean;
+  /** get, list, watch, create, update, patch, delete, deletecollection (resource requests); the lower-cased HTTP method otherwise. */
+  verb: string;
+  /** The URL path, as sent. */
+  path: string;
+  /** '' for the core group. */
+  apiGroup: string;
+  apiVersion: string;
+  resource: string;
+  subresource: string;
+  /** '' for cluster-scoped requests. */
+  namespace: string;
+  /** '' for collections (a list or watch with fieldSelector metadata.name=X names X). */
+  name: string;
+}
+
+export interface AuthorizationDecision extends RequestAttributes {
+  allowed: boolean;
+  user: string;
+  /** What allowed it: `rules[i]` (the configured rules) or a default role's `name.rules[i]`. */
+  allowedBy?: string;
+  /** Denied: the Forbidden Status's message. */
+  message?: string;
+}
+
+export const DEFAULT_RBAC_USER = 'system:serviceaccount:weir-system:weir';
+
+/** The bootstrap ClusterRoles every authenticated user is bound to (group system:authenticated). */
+export const AUTHENTICATED_USER_ROLES: readonly { name: string; rules: readonly PolicyRule[] }[] = [
+  { name: 'system:discovery', rules: [{ verbs: ['get'], nonResourceURLs: ['/livez', '/readyz', '/healthz', '/version', '/version/', '/openapi', '/openapi/*', '/api', '/api/*', '/apis', '/apis/*'] }] },
+  { name: 'system:public-info-viewer', rules: [{ verbs: ['get'], nonResourceURLs: ['/livez', '/readyz', '/healthz', '/version', '/version/'] }] },
+  {
+    name: 'system:basic-user',
+    rules: [
+      { verbs: ['create'], apiGroups: ['authorization.k8s.io'], resources: ['selfsubjectaccessreviews', 'selfsubjectrulesreviews'] },
+      { verbs: ['create'], apiGroups: ['authentication.k8s.io'], resources: ['selfsubjectreviews'] },
+    ],
+  },
+];
+
+/** A bool query parameter as the API server decodes it: present and not "0" or "false" (any case) is true. */
+function queryBool(v: string | null): boolean {
+  return v !== null && v !== '0' && v.toLowerCase() !== 'false';
+}
+
+function splitPath(path: string): string[] {
+  const p = path.replace(/^\/+|\/+$/g, '');
+  return p === '' ? [] : p.split('/');
+}
+
+/** fields.Selector.RequiresExactMatch(field): the value of a `field=v` or `field==v` term. */
+function exactFieldMatch(selector: string | null, field: string): string | undefined {
+  if (selector === null || selector === '') return undefined;
+  for (const term of selector.split(',')) {
+    const m = /^([^!=]+)(==|=)(.*)$/.exec(term.trim());
+    if (m !== null && m[1]?.trim() === field) return m[3] ?? '';
+  }
+  return undefined;
+}
+
+/** The attributes of a request, derived from its method and URL as kube-apiserver's RequestInfoFactory does. */
+export function requestAttributes(method: string, url: URL): RequestAttributes {
+  const a: RequestAttributes = { resourceRequest: false, verb: method.toLowerCase(), path: url.pathname, apiGroup: '', apiVersion: '', resource: '', subresource: '', namespace: '', name: '' };
+  let parts = splitPath(url.pathname).map((p) => {
+    try {
+      return decodeURIComponent(p);
+    } catch {
+      return p;
+    }
+  });
+  // /api/{version}/... and /apis/{group}/{version}/...; anything shorter is a non-resource request.
+  if (parts.length < 3 || (parts[0] !== 'api' && parts[0] !== 'apis')) return a;
+  const prefix = parts[0];
+  parts = parts.slice(1);
+  if (prefix === 'apis') {
+    if (parts.length < 3) return a;
+    a.apiGroup = parts[0] ?? '';
+    parts = parts.slice(1);
+  }
+  a.resourceRequest = true;
+  a.apiVersion = parts[0] ?? '';
+  parts = parts.slice(1);
+  if ((parts[0] === 'watch' || parts[0] === 'proxy') && parts.length >= 2) {
+    // The legacy /api/v1/watch/pods form.
+    a.verb = parts[0];
+    parts = parts.slice(1);
+  } else {
+    const verbs: Record<string, string> = { POST: 'create', GET: 'get', HEAD: 'get', PUT: 'update', PATCH: 'patch', DELETE: 'delete' };
+    a.verb = verbs[method.toUpperCase()] ?? '';
+  }
+  if (parts[0] === 'namespaces') {
+    if (parts.length > 1) {
+      a.namespace = parts[1] ?? '';
+      // /namespaces/{ns}/{resource}/...; but /namespaces/{ns}/status and /finalize are subresources of the namespace.
+      if (parts.length > 2 && parts[2] !== 'status' && parts[2] !== 'finalize') parts = parts.slice(2);
+    }
+  }
+  if (parts.length >= 3 && a.verb !== 'proxy') a.subresource = parts[2] ?? '';
+  if (parts.length >= 2) a.name = parts[1] ?? '';
+  if (parts.length >= 1) a.resource = parts[0] ?? '';
+  // No name: a GET is a list or a watch; a DELETE is a deletecollection.
+  if (a.name === '' && a.verb === 'get') {
+    a.verb = queryBool(url.searchParams.get('watch')) ? 'watch' : 'list';
+    const name = exactFieldMatch(url.searchParams.get('fieldSelector'), 'metadata.name');
+    if (name !== undefined && name !== '.' && name !== '..' && !/[/%]/.test(name)) a.name = name;
+  }
+  if (a.name === '' && a.verb === 'delete') a.verb = 'deletecollection';
+  return a;
+}
+
+/** rbac.RuleAllows: whether one rule grants the request. */
+export function ruleAllows(rule: PolicyRule, a: RequestAttributes): boolean {
+  const verbOk = rule.verbs.some((v) => v === '*' || v === a.verb);
+  if (!verbOk) return false;
+  if (!a.resourceRequest) {
+    return (rule.nonResourceURLs ?? []).some((u) => u === '*' || u === a.path || (u.endsWith('*') && a.path.startsWith(u.replace(/\*+$/, ''))));
+  }
+  if (!(rule.apiGroups ?? []).some((g) => g === '*' || g === a.apiGroup)) return false;
+  const combined = a.subresource === '' ? a.resource : `${a.resource}/${a.subresource}`;
+  const resourceOk = (rule.resources ?? []).some((r) => r === '*' || r === combined || (a.subresource !== '' && r === `*/${a.subresource}`));
+  if (!resourceOk) return false;
+  const names = rule.resourceNames ?? [];
+  return names.length === 0 || names.includes(a.name);
+}
+
+/** What kube-apiserver's ClusterRole validation refuses in a rule (ValidatePolicyRule); '' when it is valid. */
+export function policyRuleProblem(rule: PolicyRule): string {
+  const n = (v: readonly string[] | undefined): number => v?.length ?? 0;
+  if (n(rule.verbs) === 0) return 'verbs must contain at least one value';
+  if (n(rule.nonResourceURLs) > 0) {
+    return n(rule.apiGroups) > 0 || n(rule.resources) > 0 || n(rule.resourceNames) > 0 ? 'rules cannot apply to both regular resources and non-resource URLs' : '';
+  }
+  if (n(rule.apiGroups) === 0) return 'resource rules must supply at least one api group';
+  if (n(rule.resources) === 0) return 'resource rules must supply at least one resource';
+  return '';
+}
+
+/** The RBAC authorizer's decision on a request of `user`, granted `rules` (and what every authenticated user has). */
+export function authorize(rules: readonly PolicyRule[], a: RequestAttributes, user: string = DEFAULT_RBAC_USER): AuthorizationDecision {
+  const i = rules.findIndex((r) => ruleAllows(r, a));
+  if (i >= 0) return { ...a, allowed: true, user, allowedBy: `rules[${i}]` };
+  for (const role of AUTHENTICATED_USER_ROLES) {
+    const j = role.rules.findIndex((r) => ruleAllows(r, a));
+    if (j >= 0) return { ...a, allowed: true, user, allowedBy: `${role.name}.rules[${j}]` };
+  }
+  return { ...a, allowed: false, user, message: forbiddenMessage(a, user) };
+}
+
+/** responsewriters.Forbidden + apierrors.NewForbidden: the message of the 403 Status. */
+function forbiddenMessage(a: RequestAttributes, user: string): string {
+  let why: string;
+  if (!a.resourceRequest) why = `User ${JSON.stringify(user)} cannot ${a.verb} path ${JSON.stringify(a.path)}`;
+  else {
+    const res = a.subresource === '' ? a.resource : `${a.resource}/${a.subresource}`;
+    const scope = a.namespace !== '' ? `in the namespace ${JSON.stringify(a.namespace)}` : 'at the cluster scope';
+    why = `User ${JSON.stringify(user)} cannot ${a.verb} resource ${JSON.stringify(res)} in API group ${JSON.stringify(a.apiGroup)} ${scope}`;
+  }
+  const gr = !a.resourceRequest ? '' : a.apiGroup === '' ? a.resource : `${a.resource}.${a.apiGroup}`;
+  if (gr === '') return `forbidden: ${why}`;
+  return a.name === '' ? `${gr} is forbidden: ${why}` : `${gr} ${JSON.stringify(a.name)} is forbidden: ${why}`;
+}
+
+/** The 403 Status (details' empty fields are left out, as Go's omitempty does). */
+function forbiddenStatus(d: AuthorizationDecision): JsonObject {
+  const details: JsonObject = {};
+  if (d.resourceRequest && d.name !== '') details['name'] = d.name;
+  if (d.resourceRequest && d.apiGroup !== '') details['group'] = d.apiGroup;
+  if (d.resourceRequest && d.resource !== '') details['kind'] = d.resource;
+  return status(403, d.message ?? 'forbidden', 'Forbidden', details);
 }
 
 interface Change {
@@ -391,6 +618,7 @@ export class FakeApiServer {
   private readonly watches = new Set<OpenWatch>();
   private failures: FailureRule[] = [];
   private readonly unserved: Set<string>;
+  private rbac: { rules: readonly PolicyRule[]; user: string } | undefined;
 
   constructor(options: FakeApiServerOptions = {}) {
     this.token = options.token ?? `fake-token-${randomBytes(16).toString('hex')}`;
@@ -401,6 +629,25 @@ export class FakeApiServer {
     this.oldestValidRV = 0;
     this.unserved = new Set(options.unserved ?? []);
     for (const r of FAKE_RESOURCES) this.objects.set(r.plural, new Map());
+    this.setRbac(options.rbac);
+  }
+
+  /**
+   * Enforces these RBAC rules from the next request on (undefined: no
+   * authorization), as when the bound role is edited: watches already open
+   * stay open, as kube-apiserver authorizes a request only when it starts.
+   * Throws on a rule kube-apiserver would refuse in a ClusterRole.
+   */
+  setRbac(rbac: FakeRbacOptions | undefined): void {
+    if (rbac === undefined) {
+      this.rbac = undefined;
+      return;
+    }
+    rbac.rules.forEach((r, i) => {
+      const problem = policyRuleProblem(r);
+      if (problem !== '') throw new TypeError(`fake apiserver: rules[${i}]: ${problem}`);
+    });
+    this.rbac = { rules: clone(rbac.rules), user: rbac.user ?? DEFAULT_RBAC_USER };
   }
 
   // -------------------------------------------------------------------------
@@ -656,7 +903,7 @@ export class FakeApiServer {
     const url = new URL(req.url ?? '/', 'http://fake');
     const query: Record<string, string> = {};
     for (const [k, v] of url.searchParams) query[k] = v;
-    const watch = query['watch'] === 'true' || query['watch'] === '1';
+    const watch = queryBool(url.searchParams.get('watch'));
     const rec: RequestRecord = {
       time: Date.now(),
       method: req.method ?? 'GET',
@@ -678,6 +925,20 @@ export class FakeApiServer {
     if (!rec.authorized) {
       reply(401, status(401, 'Unauthorized'));
       return;
+    }
+    // Authorization comes before anything the handler does (even for paths it does not serve), as in kube-apiserver's filter chain.
+    if (this.rbac !== undefined) {
+      const decision = authorize(this.rbac.rules, requestAttributes(rec.method, url), this.rbac.user);
+      rec.authorization = decision;
+      if (!decision.allowed) {
+        if (decision.resourceRequest) {
+          rec.resource = decision.resource;
+          if (decision.namespace !== '') rec.namespace = decision.namespace;
+          if (decision.name !== '') rec.name = decision.name;
+        }
+        reply(403, forbiddenStatus(decision));
+        return;
+      }
     }
     if (!['GET', 'POST', 'PATCH', 'DELETE'].includes(rec.method)) {
       reply(405, status(405, `method ${rec.method} not supported by the fake apiserver`));
