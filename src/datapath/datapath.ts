@@ -28,6 +28,7 @@ import {
   type BpfProgram,
 } from '../native/index.js';
 import { ensureBpffs } from '../native/bpffs.js';
+import { withCapabilityHint } from '../native/privileges.js';
 import {
   CONST,
   SIZES,
@@ -222,7 +223,9 @@ export class Datapath {
       return new Datapath(objects, maps, pinDir, caps, log, opts.graceMs ?? 2000);
     } catch (err) {
       for (const o of objects.values()) o.close();
-      throw err;
+      // A missing capability shows as a bare EPERM/EACCES (or a verifier
+      // refusal) with libbpf hints about RLIMIT_MEMLOCK: name the capability.
+      throw withCapabilityHint(err);
     }
   }
 
@@ -270,7 +273,11 @@ export class Datapath {
         }
       }
       if (!link) {
-        link = prog.attachCgroup(podsRootDir);
+        try {
+          link = prog.attachCgroup(podsRootDir);
+        } catch (err) {
+          throw withCapabilityHint(err);
+        }
         link.pin(pin);
       }
       this.links.set(spec.program, link);

@@ -29,7 +29,7 @@ export {
   type RecordsHandler,
 } from './kernel-objects.js';
 export { emitLeakWarning, type LeakReporter } from './leak.js';
-export { hasBpfPrivileges, isRoot } from './privileges.js';
+export { hasBpfPrivileges, isRoot, missingCapabilityHint, withCapabilityHint } from './privileges.js';
 export {
   bpfConstants,
   cgroupId,
