@@ -307,7 +307,7 @@ function checkPrivileges(env: PreflightEnv, kernel: KernelVersion | null): Check
   return {
     ...base,
     status: 'pass',
-    detail: `${who} with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (no CAP_SYS_ADMIN: mount the bpffs beforehand; weir agent --cleanup needs it to identify pinned programs)`,
+    detail: `${who} with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (no CAP_SYS_ADMIN: mount the bpffs beforehand)`,
   };
 }
 
