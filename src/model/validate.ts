@@ -84,6 +84,7 @@ import type {
   ServicePort,
 } from './types.js';
 import { objectKey } from './types.js';
+import { FQDN_MAX, dnsNameProblem, dnsPatternProblem, normalizeDNSName } from '../policy/fqdn.js';
 
 export const LIMITS = Object.freeze({
   MAX_RULES_PER_POLICY: 10_000,
@@ -222,9 +223,6 @@ const DNS1035_LABEL = /^[a-z]([-a-z0-9]*[a-z0-9])?$/;
 const QUALIFIED_NAME_PART = /^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$/;
 const LABEL_VALUE = /^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$/;
 const IANA_SVC_NAME = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/;
-// FQDN labels as they occur in real DNS: letters, digits, '-' and '_' (e.g.
-// `_dmarc`), not starting or ending with '-'.
-const FQDN_LABEL = /^[a-z0-9_]([-a-z0-9_]*[a-z0-9_])?$/;
 
 export function isDNS1123Label(s: string): boolean {
   return s.length <= 63 && DNS1123_LABEL.test(s);
@@ -905,26 +903,6 @@ function checkIPBlock(c: Checker, v: unknown, path: string, budget: PolicyBudget
   return cidr !== undefined && outer !== undefined ? out : undefined;
 }
 
-const FQDN_MAX = 253;
-
-function normaliseDNSName(s: string): string {
-  const lower = s.toLowerCase();
-  return lower.endsWith('.') ? lower.slice(0, -1) : lower;
-}
-
-function dnsNameProblem(name: string): string | undefined {
-  if (name === '') return 'is empty';
-  if (name.length > FQDN_MAX) return `is ${name.length} characters; a DNS name has at most ${FQDN_MAX}`;
-  for (const label of name.split('.')) {
-    if (label === '') return 'has an empty label (two dots in a row, or a leading dot)';
-    if (label.length > 63) return `has the label ${quote(label)} longer than 63 characters`;
-    if (!FQDN_LABEL.test(label)) {
-      return `has the label ${quote(label)}; labels hold letters, digits, '-' and '_' and do not start or end with '-'`;
-    }
-  }
-  return undefined;
-}
-
 function checkFQDN(c: Checker, v: unknown, path: string): FQDNSelector | undefined {
   const rec = c.record(v, path, 'an fqdn selector (a mapping with matchName or matchPattern)');
   if (rec === undefined) return undefined;
@@ -943,7 +921,7 @@ function checkFQDN(c: Checker, v: unknown, path: string): FQDNSelector | undefin
       c.add(p, `${show(s)}: matchName takes a plain DNS name; use matchPattern for "*." wildcards`);
       return undefined;
     }
-    const name = normaliseDNSName(s);
+    const name = normalizeDNSName(s);
     const problem = dnsNameProblem(name);
     if (problem !== undefined) {
       c.add(p, `${show(s)} is not a DNS name: it ${problem}`);
@@ -954,21 +932,10 @@ function checkFQDN(c: Checker, v: unknown, path: string): FQDNSelector | undefin
   const p = field(path, 'matchPattern');
   const s = c.string(rec['matchPattern'], p, FQDN_MAX + 1);
   if (s === undefined) return undefined;
-  const pattern = normaliseDNSName(s);
-  const labels = pattern.split('.');
-  const wildcardElsewhere = labels.slice(1).some((l) => l.includes('*')) || ((labels[0] ?? '').includes('*') && labels[0] !== '*');
-  if (wildcardElsewhere) {
-    c.add(p, `${show(s)}: "*" may only be the whole first label, as in "*.example.com"`);
-    return undefined;
-  }
-  if (labels[0] === '*' && labels.length === 1) {
-    c.add(p, `${show(s)}: a pattern needs at least one label after "*." (use ipBlock 0.0.0.0/0 and ::/0 to mean everywhere)`);
-    return undefined;
-  }
-  const rest = labels[0] === '*' ? labels.slice(1).join('.') : pattern;
-  const problem = dnsNameProblem(rest);
+  const pattern = normalizeDNSName(s);
+  const problem = dnsPatternProblem(pattern);
   if (problem !== undefined) {
-    c.add(p, `${show(s)} is not a DNS name pattern: it ${problem}`);
+    c.add(p, problem.startsWith('"*"') || problem.startsWith('a pattern') ? `${show(s)}: ${problem}` : `${show(s)} ${problem}`);
     return undefined;
   }
   return { matchPattern: pattern };

@@ -39,6 +39,7 @@ import {
 } from './normalize.js';
 import { addressBytes, prefixContains, hostPrefix } from './prefix.js';
 import { decide, type Decision } from './verdict.js';
+import { compileFqdn, type FqdnKey } from './fqdn.js';
 
 export interface PolicyInputs {
   namespaces(): Iterable<Namespace>;
@@ -66,6 +67,12 @@ export interface DesiredSet {
   entries: Entry[];
   v4: FlatPrefix[];
   v6: FlatPrefix[];
+  /**
+   * FQDN peers of the set's rules, one key per distinct name or wildcard
+   * (src/policy/fqdn.ts): what a name learned from a DNS answer allows.
+   * Empty or absent when no policy of the set has fqdn peers.
+   */
+  fqdn?: FqdnKey[];
   /** Set when the set could not be compiled; the datapath keeps the last good version. */
   error?: string;
 }
@@ -306,7 +313,8 @@ function compileSet(key: string, policies: Policy[], dir: PeerDirectory, fronten
         v6 = flatten(es, 6);
       }
     }
-    for (const f of [...v4, ...v6]) {
+    const fqdn = compileFqdn(policies);
+    for (const f of [...v4, ...v6, ...fqdn]) {
       if (f.cls.ranges.length > PORT_RANGES_MAX) {
         throw new CompileError(
           `more than ${PORT_RANGES_MAX} distinct port ranges apply to one destination range; ` +
@@ -315,9 +323,9 @@ function compileSet(key: string, policies: Policy[], dir: PeerDirectory, fronten
         );
       }
     }
-    return { key, policies, flags, entries: es, v4, v6 };
+    return { key, policies, flags, entries: es, v4, v6, fqdn };
   } catch (err) {
-    return { key, policies, flags, entries: [], v4: [], v6: [], error: (err as Error).message };
+    return { key, policies, flags, entries: [], v4: [], v6: [], fqdn: [], error: (err as Error).message };
   }
 }
 
