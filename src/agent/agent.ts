@@ -209,11 +209,14 @@ export class Agent {
     if (this.opts.auditLog) await this.openAuditLog(this.opts.auditLog.path, this.opts.auditLog.options ?? {});
     const a = this.datapath.adopted;
     if (a.pods + a.sets > 0) this.log.info({ adopted: a }, 'adopted pinned datapath state from a previous agent');
-    this.attached = this.datapath.attach(this.podsRoot.dir, cgroupIdOf(this.podsRoot.dir));
-    this.log.info(
-      { podsRoot: this.podsRoot.dir, driver: this.podsRoot.driver, level: this.podsRoot.level, programs: this.attached },
-      'datapath attached to the pods cgroup root',
-    );
+    // Normally the links move to this run's programs at once: they share the
+    // pinned maps, so the policy in force does not change. When a policy map
+    // is new (migrated without its content, or its pin was lost), they move
+    // only once the first policy is written; until then the previous
+    // agent's programs keep enforcing what they had.
+    const deferAttach = this.datapath.attachAfterFirstApply;
+    if (deferAttach) this.log.warn({ migrations: this.datapath.migrations.map((m) => m.map) }, 'new policy maps: the pinned programs keep enforcing until the first policy is written');
+    else this.attachDatapath();
     this.datapath.onEndpointRetired = (ep, final) => this.retireEndpoint(ep, final);
     this.datapath.startEvents(
       (events) => this.onEvents(events),
@@ -240,8 +243,21 @@ export class Agent {
     this.source = this.createSource(logger);
     await this.source.start();
     this.synced = true;
-    await this.reconcile();
+    const first = await this.reconcile();
+    if (deferAttach) {
+      // Attaching now would run the new programs on maps without the policy.
+      if (first === null) throw new Error('the first policy could not be written to the new maps; the pinned programs keep enforcing the previous policy');
+      this.attachDatapath();
+    }
     this.log.info({ generation: this.datapath.writer.generation, pods: this.endpoints.size }, 'agent ready');
+  }
+
+  private attachDatapath(): void {
+    this.attached = this.datapath.attach(this.podsRoot.dir, cgroupIdOf(this.podsRoot.dir));
+    this.log.info(
+      { podsRoot: this.podsRoot.dir, driver: this.podsRoot.driver, level: this.podsRoot.level, programs: this.attached },
+      'datapath attached to the pods cgroup root',
+    );
   }
 
   private async openAuditLog(path: string, options: Omit<AuditLogOptions, 'logger' | 'onCheckpoint' | 'onError'>): Promise<void> {
@@ -497,6 +513,14 @@ export class Agent {
     this.metrics.mapWrites.inc({ what: 'nodes' }, res.nodesWritten);
     this.metrics.mapWrites.inc({ what: 'classes' }, res.classesWritten);
     this.metrics.mapWrites.inc({ what: 'pods' }, res.podsWritten + res.podsRemoved);
+    if (res.reconciled) {
+      // The first apply after start: what the pinned maps held that the desired state did not, and the reverse.
+      for (const [map, byAction] of Object.entries(res.reconciled)) {
+        for (const [action, n] of Object.entries(byAction)) if (n > 0) this.metrics.reconcileEntries.inc({ map, action }, n);
+      }
+      const a = this.datapath.adopted;
+      this.log.info({ adopted: a, reconciled: res.reconciled }, 'pinned datapath state reconciled with the desired state');
+    }
     if (res.setsWritten + res.setsRemoved + res.podsWritten + res.podsRemoved > 0) {
       this.log.info(
         {

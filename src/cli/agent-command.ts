@@ -108,6 +108,8 @@ export const agentCommand: Command = {
       'max-trie-nodes': { type: 'string' },
       'max-port-classes': { type: 'string' },
       cleanup: { type: 'boolean', default: false },
+      // Hidden: load the BPF objects from another directory (upgrade tests).
+      'objects-dir': { type: 'string' },
     });
     if (values.cleanup) return runCleanup(values['pin-dir'] ?? join(values.bpffs ?? '/sys/fs/bpf', 'weir'));
     const auditOnly = (['audit-max-bytes', 'audit-max-files', 'audit-signing-key'] as const).filter((k) => values[k] !== undefined);
@@ -163,6 +165,7 @@ export const agentCommand: Command = {
       capacities,
     };
     if (values['pin-dir']) opts.pinDir = values['pin-dir'];
+    if (values['objects-dir']) opts.objectsDir = values['objects-dir'];
     if (values['audit-log'] !== undefined) {
       const maxBytes = positiveInt('audit-max-bytes', values['audit-max-bytes']);
       const maxFiles = positiveInt('audit-max-files', values['audit-max-files']);

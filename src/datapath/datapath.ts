@@ -16,7 +16,18 @@
 // pinned link is updated in place to the new program (atomic replacement),
 // so there is no moment without enforcement and never two weir programs on
 // one hook.
-import { existsSync, mkdirSync, readdirSync, rmSync, rmdirSync } from 'node:fs';
+//
+// A pinned map whose layout differs from this run's (a capacity flag
+// changed, or a new build changed a map) cannot be reused: libbpf refuses
+// it. It is migrated instead (planMigrations, carryOver): the new map is created under
+//   <pinDir>/staging/<map>
+// and what fits is copied over; the old pin keeps the old programs'
+// map until attach() has moved every link to the new programs, and only
+// then is the staging pin renamed over it (the old map dies with the old
+// programs). If a policy map could not be copied whole, or a policy map is
+// new while links of a previous agent are pinned, the links stay on the old
+// programs until the first policy is written (attachAfterFirstApply).
+import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, rmdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
@@ -24,8 +35,11 @@ import {
   BpfLink,
   BpfObject,
   RingBuffer,
-  type BpfMap,
+  BpfMap,
+  bpfConstants,
+  progQuery,
   type BpfProgram,
+  type MapDescriptor,
 } from '../native/index.js';
 import { ensureBpffs } from '../native/bpffs.js';
 import { withCapabilityHint } from '../native/privileges.js';
@@ -128,6 +142,29 @@ export interface AttachResult {
   linkId: number;
 }
 
+/** A pinned map of another layout, replaced by this run's (see migrateMaps). */
+export interface MapMigration {
+  map: MapName;
+  /**
+   * layout: the pinned map's layout differs from this run's. consistency: a
+   * policy map migrated along with another one that had to start empty, so
+   * that the old programs keep a consistent old policy until attach().
+   */
+  reason: 'layout' | 'consistency';
+  /** The pinned map's layout; null when its pin was gone. */
+  from: { type: string; keySize: number; valueSize: number; maxEntries: number } | null;
+  to: { type: string; keySize: number; valueSize: number; maxEntries: number };
+  /** Entries carried over into the new map; null when none could be (the new map starts empty). */
+  copied: number | null;
+  /** Entries of the old map that did not fit in the new one (not carried). */
+  dropped: number;
+}
+
+/** The maps the StateWriter fills from the desired state. */
+const POLICY_MAPS: ReadonlySet<MapName> = new Set(['weir_pods', 'weir_pod_ips', 'weir_sets', 'weir_nodes', 'weir_classes']);
+/** Map types whose entries can be read out and written back (not the ring buffer, not socket storage). */
+const COPYABLE_TYPES = new Set(['hash', 'array', 'percpu_hash', 'percpu_array', 'lru_hash', 'lru_percpu_hash']);
+
 export interface EndpointCounters {
   packets: Record<string, Counter>; // by verdict name
   sockets: Record<string, Counter>;
@@ -144,6 +181,15 @@ export class Datapath {
   private closed = false;
   private ring: RingBuffer | null = null;
   private readonly links = new Map<string, BpfLink>();
+  /** Pinned maps of another layout replaced by this run's; their pins are swapped after attach(). */
+  readonly migrations: readonly MapMigration[];
+  /**
+   * True when the links of a previous agent must stay on its programs until
+   * this run's first policy is written: a policy map is new or was migrated
+   * without its content, so moving the links now would run the new programs
+   * on empty policy maps.
+   */
+  readonly attachAfterFirstApply: boolean;
 
   private constructor(
     private readonly objects: Map<string, BpfObject>,
@@ -152,8 +198,12 @@ export class Datapath {
     private readonly caps: Capacities,
     private readonly log: Logger,
     graceMs: number,
+    migrations: MapMigration[] = [],
+    attachAfterFirstApply = false,
   ) {
     this.pinDir = pinDir;
+    this.migrations = migrations;
+    this.attachAfterFirstApply = attachAfterFirstApply;
     const policyMaps: PolicyMaps = {
       pods: this.map('weir_pods') as WritableMap,
       podIps: this.map('weir_pod_ips') as WritableMap,
@@ -200,14 +250,25 @@ export class Datapath {
     };
     const objects = new Map<string, BpfObject>();
     const maps = new Map<MapName, BpfMap>();
+    const files = [...new Set(PROGRAMS.map((p) => p.object))];
+    for (const file of files) {
+      const path = join(objectsDir, file);
+      if (!existsSync(path)) {
+        throw new Error(`BPF object ${path} is missing: build it with \`node scripts/build.mjs bpf\` (or npm ci)`);
+      }
+    }
+    const stagingDir = join(pinDir, 'staging');
+    // A migration that did not finish: the canonical pins still hold the old maps.
+    if (existsSync(stagingDir)) for (const f of readdirSync(stagingDir)) rmSync(join(stagingDir, f));
+    const linksPinned = readdirSync(join(pinDir, 'links')).length > 0;
+    const { plan, fresh } = planMigrations(pinDir, files.map((f) => join(objectsDir, f)), maxEntries, linksPinned);
+    if (plan.size > 0) mkdirSync(stagingDir, { recursive: true });
+    const migrations: MapMigration[] = [];
     try {
-      for (const file of [...new Set(PROGRAMS.map((p) => p.object))]) {
+      for (const file of files) {
         const path = join(objectsDir, file);
-        if (!existsSync(path)) {
-          throw new Error(`BPF object ${path} is missing: build it with \`node scripts/build.mjs bpf\` (or npm ci)`);
-        }
         const pinMaps: Record<string, string> = {};
-        for (const m of MAP_NAMES) pinMaps[m] = join(pinDir, 'maps', m);
+        for (const m of MAP_NAMES) pinMaps[m] = plan.has(m) ? join(stagingDir, m) : join(pinDir, 'maps', m);
         const started = Date.now();
         const obj = await BpfObject.load(path, { maxEntries, pinMaps, rodata });
         log.debug({ object: file, ms: Date.now() - started }, 'BPF object loaded');
@@ -220,12 +281,28 @@ export class Datapath {
         }
       }
       for (const m of MAP_NAMES) if (!maps.has(m)) throw new Error(`map ${m} not found in weir's BPF objects`);
-      return new Datapath(objects, maps, pinDir, caps, log, opts.graceMs ?? 2000);
+      for (const [m, p] of plan) {
+        const mig = carryOver(m, p, maps.get(m) as BpfMap);
+        migrations.push(mig);
+        log.warn(
+          { map: m, reason: mig.reason, from: mig.from, to: mig.to, copied: mig.copied, dropped: mig.dropped },
+          mig.reason === 'consistency'
+            ? 'policy map migrated with the others (the previous programs keep a consistent policy until the new one is written)'
+            : mig.copied === null
+              ? 'pinned map has another layout: migrated to a new, empty map'
+              : 'pinned map has another layout: migrated to a new map with its entries',
+        );
+      }
+      if (fresh) log.warn({ maps: [...plan.keys()] }, 'policy maps start over: the links move to the new programs only after the first policy is written');
+      return new Datapath(objects, maps, pinDir, caps, log, opts.graceMs ?? 2000, migrations, fresh);
     } catch (err) {
       for (const o of objects.values()) o.close();
+      if (existsSync(stagingDir)) for (const f of readdirSync(stagingDir)) rmSync(join(stagingDir, f));
       // A missing capability shows as a bare EPERM/EACCES (or a verifier
       // refusal) with libbpf hints about RLIMIT_MEMLOCK: name the capability.
       throw withCapabilityHint(err);
+    } finally {
+      for (const p of plan.values()) p.old?.close();
     }
   }
 
@@ -249,6 +326,29 @@ export class Datapath {
   attach(podsRootDir: string, expectCgroupId: bigint): AttachResult[] {
     this.check();
     const out: AttachResult[] = [];
+    // Links this call creates: detached again if a later one fails, so a
+    // failed start leaves no partial attachment behind.
+    const created: { link: BpfLink; pin: string }[] = [];
+    try {
+      this.attachAll(podsRootDir, expectCgroupId, out, created);
+    } catch (err) {
+      for (const c of created) {
+        try {
+          c.link.detach();
+          if (existsSync(c.pin)) c.link.unpin();
+        } catch (e) {
+          this.log.warn({ err: e, pin: c.pin }, 'could not detach a link of the failed attach');
+        }
+        c.link.close();
+        for (const [k, l] of this.links) if (l === c.link) this.links.delete(k);
+      }
+      throw err;
+    }
+    this.commitMigrations();
+    return out;
+  }
+
+  private attachAll(podsRootDir: string, expectCgroupId: bigint, out: AttachResult[], created: { link: BpfLink; pin: string }[]): void {
     for (const spec of PROGRAMS) {
       const prog = this.program(spec);
       const pin = join(this.pinDir, 'links', spec.program);
@@ -276,14 +376,28 @@ export class Datapath {
         try {
           link = prog.attachCgroup(podsRootDir);
         } catch (err) {
-          throw withCapabilityHint(err);
+          throw exclusiveAttachmentHint(withCapabilityHint(err), podsRootDir, spec.attachType);
         }
+        created.push({ link, pin });
         link.pin(pin);
       }
       this.links.set(spec.program, link);
       out.push({ program: spec.program, action, linkId: link.info().id });
     }
-    return out;
+  }
+
+  /**
+   * Every link now runs this run's programs, which use the migrated maps:
+   * the staging pins replace the old ones (rename(2), atomic), so the next
+   * agent adopts the new maps. The old maps go with the old programs.
+   */
+  private commitMigrations(): void {
+    const staging = join(this.pinDir, 'staging');
+    for (const m of this.migrations) {
+      const from = join(staging, m.map);
+      if (existsSync(from)) renameSync(from, join(this.pinDir, 'maps', m.map));
+    }
+    if (existsSync(staging) && readdirSync(staging).length === 0) rmdirSync(staging);
   }
 
   /**
@@ -416,11 +530,166 @@ export class Datapath {
 
 export function removePins(pinDir: string): void {
   if (!existsSync(pinDir)) return;
-  for (const sub of ['links', 'maps']) {
+  for (const sub of ['links', 'maps', 'staging']) {
     const d = join(pinDir, sub);
     if (!existsSync(d)) continue;
     for (const f of readdirSync(d)) rmSync(join(d, f));
     rmdirSync(d);
   }
   rmdirSync(pinDir);
+}
+
+/**
+ * weir attaches only alongside other programs (bpf_link, which is
+ * BPF_F_ALLOW_MULTI) and never replaces one. A program another tool attached
+ * to the same hook without BPF_F_ALLOW_MULTI (exclusive or override mode)
+ * makes the kernel refuse weir's link with EPERM: say so, rather than leave
+ * a bare EPERM that reads like a missing capability.
+ */
+function exclusiveAttachmentHint<T>(err: T, cgroup: string, hook: AttachName): T {
+  if (!(err instanceof Error) || (err as NodeJS.ErrnoException).code !== 'EPERM') return err;
+  const c = bpfConstants();
+  const type = {
+    egress: c.BPF_CGROUP_INET_EGRESS,
+    ingress: c.BPF_CGROUP_INET_INGRESS,
+    connect4: c.BPF_CGROUP_INET4_CONNECT,
+    connect6: c.BPF_CGROUP_INET6_CONNECT,
+    sendmsg4: c.BPF_CGROUP_UDP4_SENDMSG,
+    sendmsg6: c.BPF_CGROUP_UDP6_SENDMSG,
+  }[hook];
+  try {
+    const q = progQuery(cgroup, type);
+    if (q.progIds.length > 0 && !(q.attachFlags & c.BPF_F_ALLOW_MULTI)) {
+      const mode = q.attachFlags & c.BPF_F_ALLOW_OVERRIDE ? 'override' : 'exclusive';
+      err.message +=
+        `\nanother program (id ${q.progIds.join(', ')}) is attached to the ${hook} hook of ${cgroup} in ${mode} mode (without BPF_F_ALLOW_MULTI): ` +
+        'the kernel lets nothing run beside it, and weir never replaces another program. Have its owner attach it with BPF_F_ALLOW_MULTI (or a bpf_link), then start weir again';
+    }
+  } catch {
+    // The query needs CAP_NET_ADMIN; without it the error stays as it is.
+  }
+  return err;
+}
+
+interface PlannedMigration {
+  /** The pinned map, open; null when there is none (its pin was lost). */
+  old: BpfMap | null;
+  reason: MapMigration['reason'];
+}
+
+/**
+ * The pinned maps this run cannot reuse: their type, key size, value size
+ * or max_entries differ from what the objects declare with this run's
+ * capacities (libbpf would refuse them at load). Each is returned open.
+ *
+ * While a previous agent's links are pinned, its programs keep running on
+ * the pinned maps until attach(). If one policy map cannot be carried over
+ * whole (or its pin is gone), the writer's first apply would write a new
+ * policy next to an old one the old programs still read: every policy map
+ * is then migrated (copied where it can be), so the old programs keep a
+ * consistent old policy and the new ones get theirs, and the links move
+ * after the first apply (fresh = true).
+ */
+function planMigrations(pinDir: string, objectPaths: string[], maxEntries: Record<string, number>, linksPinned: boolean): { plan: Map<MapName, PlannedMigration>; fresh: boolean } {
+  const declared = new Map<string, MapDescriptor>();
+  for (const path of objectPaths) {
+    const obj = BpfObject.open(path);
+    try {
+      for (const [m, n] of Object.entries(maxEntries)) obj.setMapMaxEntries(m, n);
+      for (const d of obj.maps()) if (!declared.has(d.name)) declared.set(d.name, d);
+    } finally {
+      obj.close();
+    }
+  }
+  const plan = new Map<MapName, PlannedMigration>();
+  let fresh = false;
+  try {
+    for (const m of MAP_NAMES) {
+      const pin = join(pinDir, 'maps', m);
+      const want = declared.get(m);
+      if (!want) continue;
+      if (!existsSync(pin)) {
+        if (POLICY_MAPS.has(m)) fresh = true;
+        continue;
+      }
+      const old = BpfMap.openPinned(pin);
+      if (old.type === want.type && old.keySize === want.keySize && old.valueSize === want.valueSize && old.maxEntries === want.maxEntries) {
+        old.close();
+        continue;
+      }
+      plan.set(m, { old, reason: 'layout' });
+      if (POLICY_MAPS.has(m) && !fitsWhole(old, want)) fresh = true;
+    }
+    fresh &&= linksPinned;
+    if (fresh) {
+      for (const m of POLICY_MAPS) {
+        if (plan.has(m)) continue;
+        const pin = join(pinDir, 'maps', m);
+        plan.set(m, { old: existsSync(pin) ? BpfMap.openPinned(pin) : null, reason: 'consistency' });
+      }
+    }
+  } catch (err) {
+    for (const p of plan.values()) p.old?.close();
+    throw err;
+  }
+  return { plan, fresh };
+}
+
+const isArrayType = (typeName: string): boolean => typeName.endsWith('array');
+
+/** Whether every entry of `old` can be written into a map of layout `want`. */
+function fitsWhole(old: BpfMap, want: MapDescriptor): boolean {
+  if (old.type !== want.type || old.keySize !== want.keySize || old.valueSize !== want.valueSize || !COPYABLE_TYPES.has(old.typeName)) return false;
+  if (old.maxEntries <= want.maxEntries) return true;
+  const d = old.dump();
+  if (!isArrayType(old.typeName)) return d.count <= want.maxEntries;
+  const vs = old.valueBufferSize;
+  for (let i = 0; i < d.count; i++) {
+    if (d.keys.readUInt32LE(i * old.keySize) < want.maxEntries) continue;
+    if (d.values.subarray(i * vs, (i + 1) * vs).some((b) => b !== 0)) return false;
+  }
+  return true;
+}
+
+/**
+ * Copies what the new map can hold. A policy map is copied whole or not at
+ * all (the writer adopts it, so a partial copy would be a wrong policy); a
+ * counter, conntrack or aggregation map keeps what fits. The ring buffer and
+ * socket storage cannot be read out: they start empty.
+ */
+function carryOver(name: MapName, p: PlannedMigration, neu: BpfMap): MapMigration {
+  const layout = (m: BpfMap): MapMigration['to'] => ({ type: m.typeName, keySize: m.keySize, valueSize: m.valueSize, maxEntries: m.maxEntries });
+  const old = p.old;
+  const out: MapMigration = { map: name, reason: p.reason, from: old ? layout(old) : null, to: layout(neu), copied: null, dropped: 0 };
+  if (!old || old.type !== neu.type || old.keySize !== neu.keySize || old.valueSize !== neu.valueSize || !COPYABLE_TYPES.has(neu.typeName)) return out;
+  const d = old.dump();
+  const ks = old.keySize;
+  const vs = old.valueBufferSize;
+  const isArray = isArrayType(neu.typeName);
+  const keep: number[] = [];
+  for (let i = 0; i < d.count; i++) {
+    const v = d.values.subarray(i * vs, (i + 1) * vs);
+    if (isArray) {
+      if (v.every((b) => b === 0)) continue; // a new array is all zeros already
+      if (d.keys.readUInt32LE(i * ks) >= neu.maxEntries) {
+        out.dropped++;
+        continue;
+      }
+    }
+    keep.push(i);
+  }
+  if (!isArray && keep.length > neu.maxEntries) {
+    out.dropped = keep.length - neu.maxEntries;
+    keep.length = neu.maxEntries;
+  }
+  if (out.dropped > 0 && POLICY_MAPS.has(name)) return out;
+  const keys = Buffer.alloc(keep.length * ks);
+  const values = Buffer.alloc(keep.length * vs);
+  keep.forEach((i, j) => {
+    d.keys.copy(keys, j * ks, i * ks, (i + 1) * ks);
+    d.values.copy(values, j * vs, i * vs, (i + 1) * vs);
+  });
+  if (keep.length > 0) neu.updateBatch(keys, values, keep.length);
+  out.copied = keep.length;
+  return out;
 }

@@ -11,6 +11,16 @@
 // A packet therefore sees either the old complete policy or the new one.
 // The writer keeps a mirror of what it wrote so that an unchanged set or pod
 // costs no syscall.
+//
+// A restarted agent adopts what a previous one left in the pinned maps
+// (adopt()). Its first apply reconciles them with the desired state by
+// content: an adopted port class or trie node whose bytes are exactly what
+// the new state needs (children included, by induction) is kept where it
+// is; an adopted set whose pods all want one set now is rewritten in place,
+// or kept when already equal; everything else adopted is released. So a
+// restart with nothing changed writes nothing, and whatever was changed,
+// deleted or corrupted behind the agent's back is rewritten. The first apply
+// reports what it added, removed and rewrote per map (ApplyResult.reconciled).
 import type { Logger } from 'pino';
 import type { DesiredSet, DesiredState } from '../policy/engine.js';
 import { classKey, SET_F_E_ISOLATED, SET_F_VALID, type FlatPrefix } from '../policy/compile.js';
@@ -64,6 +74,12 @@ interface SetRecord {
   nodeKeys: string[];
   classKeys: string[];
   failed: boolean;
+  /**
+   * An adopted set kept as the last good version of a set that does not
+   * compile now: the adopted nodes and classes it reaches, owned by it
+   * (released when it is replaced or removed).
+   */
+  held?: { nodes: number[]; classes: number[] };
 }
 
 interface Slot {
@@ -96,6 +112,37 @@ export interface ApplyResult {
   addressesWritten: number;
   addressesRemoved: number;
   failedSets: { key: string; error: string }[];
+  /**
+   * Only on the first apply after adopt(): what it changed in the adopted
+   * maps, per map (weir_pods, weir_pod_ips, weir_sets, weir_nodes,
+   * weir_classes): entries added, removed and rewritten in place.
+   */
+  reconciled?: ReconcileCounts;
+}
+
+export type ReconcileAction = 'added' | 'removed' | 'rewritten';
+export const RECONCILED_MAPS = ['weir_pods', 'weir_pod_ips', 'weir_sets', 'weir_nodes', 'weir_classes'] as const;
+export type ReconciledMap = (typeof RECONCILED_MAPS)[number];
+export type ReconcileCounts = Record<ReconciledMap, Record<ReconcileAction, number>>;
+
+function zeroCounts(): ReconcileCounts {
+  const out = {} as ReconcileCounts;
+  for (const m of RECONCILED_MAPS) out[m] = { added: 0, removed: 0, rewritten: 0 };
+  return out;
+}
+
+/** What adopt() found in the pinned maps, until the first apply has dealt with it. */
+interface Legacy {
+  /** Valid adopted sets: id -> value. */
+  sets: Map<number, SetValue>;
+  /** Trie nodes and classes reachable from them (indices reserved in the allocators). */
+  nodes: Set<number>;
+  classes: Set<number>;
+  /** Encoded content (hex) -> adopted index, for reuse by content. */
+  nodeByContent: Map<string, number>;
+  classByContent: Map<string, number>;
+  /** Per adopted set: the nodes and classes reachable from it. */
+  reach: Map<number, { nodes: number[]; classes: number[] }>;
 }
 
 export interface EndpointInfo {
@@ -141,8 +188,10 @@ export class StateWriter {
   private readonly endpointsByCgroup = new Map<string, number>();
   /** weir_pod_ips as written: key (hex of the encoded key) -> endpoint id. */
   private readonly podIps = new Map<string, number>();
-  /** Indices held by state adopted from pinned maps, released after the first apply. */
-  private legacy: { sets: number[]; nodes: number[]; classes: number[] } | null = null;
+  /** State adopted from pinned maps: reused by content or released by the first apply. */
+  private legacy: Legacy | null = null;
+  /** The first apply's counts (set while it runs). */
+  private counts: ReconcileCounts | null = null;
   private gen = 0;
 
   constructor(
@@ -165,16 +214,19 @@ export class StateWriter {
   /**
    * Takes over what a previous agent left in pinned maps: keeps every
    * referenced index out of the allocators until the first apply has
-   * replaced it, keeps each pod's endpoint id (counters stay attributed),
-   * and continues the policy generation. Returns what it found.
+   * reused or released it, keeps each pod's endpoint id (counters stay
+   * attributed), and continues the policy generation. Returns what it found.
    */
   adopt(): { pods: number; sets: number; nodes: number; classes: number; generation: number } {
-    const legacy = { sets: [] as number[], nodes: [] as number[], classes: [] as number[] };
+    const legacy: Legacy = { sets: new Map(), nodes: new Set(), classes: new Set(), nodeByContent: new Map(), classByContent: new Map(), reach: new Map() };
     const pd = this.maps.pods.dump();
     for (let i = 0; i < pd.count; i++) {
       const cg = pd.keys.readBigUInt64LE(i * 8);
       const v = decodePodValue(pd.values.subarray(i * SIZES.weir_pod_value, (i + 1) * SIZES.weir_pod_value));
       this.pods.set(cg.toString(), { value: v, binding: null });
+      // An endpoint id outside the counter table (capacity lowered) is not
+      // kept: the pod gets a new one, and its entry is rewritten.
+      if (v.endpointId >= this.endpointAlloc.capacity) continue;
       this.endpointsByCgroup.set(cg.toString(), v.endpointId);
       this.endpointAlloc.reserve(v.endpointId);
     }
@@ -184,42 +236,71 @@ export class StateWriter {
       this.podIps.set(k.toString('hex'), decodePodIpValue(id.values.subarray(i * SIZES.weir_pod_ip_value, (i + 1) * SIZES.weir_pod_ip_value)));
     }
     const sd = this.maps.sets.dump();
-    const seenNodes = new Set<number>();
-    const seenClasses = new Set<number>();
+    const walked = new Map<number, { children: number[]; classes: number[] }>();
     for (let i = 0; i < sd.count; i++) {
       const id = sd.keys.readUInt32LE(i * 4);
       const v = decodeSetValue(sd.values.subarray(i * SIZES.weir_set_value, (i + 1) * SIZES.weir_set_value));
-      if (!(v.flags & SET_F_VALID)) continue;
-      legacy.sets.push(id);
+      if (!(v.flags & SET_F_VALID) || id === 0) continue;
+      legacy.sets.set(id, v);
       this.setAlloc.reserve(id);
       this.gen = Math.max(this.gen, v.generation);
-      for (const root of [v.root4, v.root6]) this.collectTrie(root, seenNodes, seenClasses);
+      const reach = { nodes: new Set<number>(), classes: new Set<number>() };
+      for (const root of [v.root4, v.root6]) this.collectTrie(root, legacy, reach, walked);
+      legacy.reach.set(id, { nodes: [...reach.nodes], classes: [...reach.classes] });
     }
-    for (const n of seenNodes) {
-      legacy.nodes.push(n);
-      this.nodeAlloc.reserve(n);
-    }
-    for (const c of seenClasses) {
-      legacy.classes.push(c);
-      this.classAlloc.reserve(c);
-    }
+    for (const n of legacy.nodes) this.nodeAlloc.reserve(n);
+    for (const c of legacy.classes) this.classAlloc.reserve(c);
     this.legacy = legacy;
-    return { pods: pd.count, sets: legacy.sets.length, nodes: legacy.nodes.length, classes: legacy.classes.length, generation: this.gen };
+    return { pods: pd.count, sets: legacy.sets.size, nodes: legacy.nodes.size, classes: legacy.classes.size, generation: this.gen };
   }
 
-  private collectTrie(root: number, nodes: Set<number>, classes: Set<number>): void {
+  /** Walks an adopted trie: records its nodes and classes, and their contents for reuse. */
+  private collectTrie(root: number, legacy: Legacy, reach: { nodes: Set<number>; classes: Set<number> }, walked: Map<number, { children: number[]; classes: number[] }>): void {
     const stack = root ? [root] : [];
     while (stack.length > 0) {
       const n = stack.pop() as number;
-      if (nodes.has(n)) continue;
-      nodes.add(n);
-      const raw = this.maps.nodes.lookup(u32Key(n));
-      if (!raw) continue;
-      for (const s of decodeTrieNode(raw)) {
-        if (s & SLOT_CHILD) stack.push(s & ~SLOT_CHILD);
-        else if (s) classes.add(s);
+      // Index 0 is no node; an index past the map is garbage (written behind the agent's back).
+      if (n === 0 || n >= this.maps.nodes.maxEntries || reach.nodes.has(n)) continue;
+      reach.nodes.add(n);
+      let node = walked.get(n);
+      if (!node) {
+        node = { children: [], classes: [] };
+        walked.set(n, node);
+        legacy.nodes.add(n);
+        const raw = this.maps.nodes.lookup(u32Key(n));
+        if (raw) {
+          const content = raw.toString('hex');
+          if (!legacy.nodeByContent.has(content)) legacy.nodeByContent.set(content, n);
+          const classes = new Set<number>();
+          for (const s of decodeTrieNode(raw)) {
+            if (s & SLOT_CHILD) node.children.push(s & ~SLOT_CHILD);
+            else if (s) classes.add(s);
+          }
+          node.classes = [...classes];
+          for (const c of node.classes) {
+            if (legacy.classes.has(c) || c >= this.maps.classes.maxEntries) continue;
+            legacy.classes.add(c);
+            const hex = this.maps.classes.lookup(u32Key(c))?.toString('hex');
+            if (hex !== undefined && !legacy.classByContent.has(hex)) legacy.classByContent.set(hex, c);
+          }
+        }
       }
+      for (const c of node.classes) reach.classes.add(c);
+      stack.push(...node.children);
     }
+  }
+
+  /** An adopted node or class whose content is exactly `buf`: it is kept where it is (not released). */
+  private claim(kind: 'nodes' | 'classes', buf: Buffer): number | undefined {
+    const l = this.legacy;
+    if (!l) return undefined;
+    const byContent = kind === 'nodes' ? l.nodeByContent : l.classByContent;
+    const hex = buf.toString('hex');
+    const index = byContent.get(hex);
+    if (index === undefined) return undefined;
+    byContent.delete(hex);
+    l[kind].delete(index); // now owned by a slot of this writer; no longer released with the legacy
+    return index;
   }
 
   apply(state: DesiredState, bindings: PodBinding[]): ApplyResult {
@@ -238,15 +319,45 @@ export class StateWriter {
     const wanted = new Set(bindings.map((b) => b.setKey));
     const nextGen = this.gen + 1;
     const releases: (() => void)[] = [];
+    const wantPods = new Map<string, PodBinding>();
+    for (const b of bindings) wantPods.set(b.cgroupId.toString(), b);
+    const legacy = this.legacy;
+    const counts = legacy ? zeroCounts() : null;
+    this.counts = counts;
+    // Adopted set -> the set it was for: the one set all its pods want now.
+    const legacySetFor = new Map<string, number>();
+    if (legacy) {
+      const keysOf = new Map<number, Set<string>>();
+      for (const [cg, b] of wantPods) {
+        const cur = this.pods.get(cg);
+        if (!cur || !legacy.sets.has(cur.value.setId)) continue;
+        let ks = keysOf.get(cur.value.setId);
+        if (!ks) keysOf.set(cur.value.setId, (ks = new Set()));
+        ks.add(b.setKey);
+      }
+      for (const [sid, ks] of keysOf) {
+        const [only] = ks;
+        if (ks.size === 1 && only !== undefined && !legacySetFor.has(only)) legacySetFor.set(only, sid);
+      }
+      this.dedupeAdoptedEndpoints(wantPods);
+    }
 
-    // 1 + 2: sets (classes and nodes first, inside writeSet).
-    for (const key of wanted) {
+    // 1 + 2: sets (classes and nodes first, inside writeSet). A set that
+    // does not compile but had an adopted version keeps it, and its nodes
+    // and classes, before any other set may reuse them by content.
+    const order = [...wanted].sort((a, b) => Number(!state.sets.get(a)?.error) - Number(!state.sets.get(b)?.error));
+    for (const key of order) {
       const desired = state.sets.get(key);
       if (!desired) continue;
       const old = this.sets.get(key);
       if (desired.error) {
         res.failedSets.push({ key, error: desired.error });
         if (old) continue; // last good version keeps enforcing
+        const adopted = legacySetFor.get(key);
+        if (legacy && adopted !== undefined) {
+          this.keepAdopted(key, adopted, legacy);
+          continue;
+        }
         // Never compiled successfully: fail closed (isolated, nothing allowed).
         this.writeFailClosed(key, nextGen);
         res.setsWritten++;
@@ -254,14 +365,12 @@ export class StateWriter {
       }
       const ck = contentKeyOf(desired);
       if (old && !old.failed && old.contentKey === ck) continue;
-      const rel = this.writeSet(key, desired, ck, nextGen, res);
-      releases.push(rel);
-      res.setsWritten++;
+      const w = this.writeSet(key, desired, ck, nextGen, res, old ? undefined : legacySetFor.get(key));
+      releases.push(w.release);
+      if (w.written) res.setsWritten++;
     }
 
     // 3: pods.
-    const wantPods = new Map<string, PodBinding>();
-    for (const b of bindings) wantPods.set(b.cgroupId.toString(), b);
     for (const [cg, b] of wantPods) {
       const set = this.sets.get(b.setKey);
       if (!set) continue;
@@ -275,6 +384,7 @@ export class StateWriter {
       if (!cur || cur.value.setId !== value.setId || cur.value.endpointId !== value.endpointId || cur.value.flags !== value.flags) {
         this.maps.pods.update(u64Key(b.cgroupId), encodePodValue(value));
         res.podsWritten++;
+        if (counts) counts.weir_pods[cur ? 'rewritten' : 'added']++;
       }
       this.pods.set(cg, { value, binding: b });
     }
@@ -286,6 +396,7 @@ export class StateWriter {
       this.maps.pods.delete(u64Key(BigInt(cg)));
       this.pods.delete(cg);
       res.podsRemoved++;
+      if (counts) counts.weir_pods.removed++;
       const ep = this.endpointsByCgroup.get(cg);
       this.endpointsByCgroup.delete(cg);
       if (ep !== undefined) {
@@ -302,23 +413,72 @@ export class StateWriter {
       this.sets.delete(key);
       this.setAlloc.release(rec.id);
       this.unref(rec.nodeKeys, rec.classKeys);
+      this.releaseHeld(rec);
       res.setsRemoved++;
     }
     for (const r of releases) r();
-    if (this.legacy) {
-      const inUse = new Set([...this.sets.values()].map((s) => s.id));
-      for (const s of this.legacy.sets) if (!inUse.has(s)) {
+    if (legacy && counts) {
+      // Whatever adopted state was neither reused nor kept.
+      for (const s of legacy.sets.keys()) {
         this.maps.sets.update(u32Key(s), encodeSetValue({ root4: 0, root6: 0, flags: 0, generation: nextGen }));
         this.setAlloc.release(s);
+        counts.weir_sets.removed++;
       }
-      for (const n of this.legacy.nodes) this.nodeAlloc.release(n);
-      for (const c of this.legacy.classes) this.classAlloc.release(c);
+      for (const n of legacy.nodes) this.nodeAlloc.release(n);
+      for (const c of legacy.classes) this.classAlloc.release(c);
+      counts.weir_nodes.removed += legacy.nodes.size;
+      counts.weir_classes.removed += legacy.classes.size;
       this.legacy = null;
+      res.reconciled = counts;
     }
+    this.counts = null;
 
     if (res.setsWritten + res.setsRemoved + res.podsWritten + res.podsRemoved > 0) this.gen = nextGen;
     res.generation = this.gen;
     return res;
+  }
+
+  /**
+   * Adopted pod entries that share an endpoint id (written behind the
+   * agent's back) must not share counters, nor have it released while a
+   * live pod uses it: the id stays with one pod this apply keeps (else with
+   * one stale entry); the others get a new id when wanted.
+   */
+  private dedupeAdoptedEndpoints(wantPods: Map<string, PodBinding>): void {
+    const owner = new Set<number>();
+    const live = [...this.endpointsByCgroup].filter(([cg]) => wantPods.has(cg));
+    const stale = [...this.endpointsByCgroup].filter(([cg]) => !wantPods.has(cg));
+    for (const [cg, ep] of [...live, ...stale]) {
+      if (owner.has(ep)) this.endpointsByCgroup.delete(cg);
+      else owner.add(ep);
+    }
+  }
+
+  /** Keeps an adopted set as the last good version of `key` (which does not compile now). */
+  private keepAdopted(key: string, id: number, legacy: Legacy): void {
+    const value = legacy.sets.get(id) as SetValue;
+    legacy.sets.delete(id);
+    const held = { nodes: [] as number[], classes: [] as number[] };
+    const reach = legacy.reach.get(id) ?? { nodes: [], classes: [] };
+    for (const n of reach.nodes) {
+      if (!legacy.nodes.delete(n)) continue; // kept by another set first
+      held.nodes.push(n);
+      for (const [hex, i] of legacy.nodeByContent) if (i === n) legacy.nodeByContent.delete(hex);
+    }
+    for (const c of reach.classes) {
+      if (!legacy.classes.delete(c)) continue;
+      held.classes.push(c);
+      for (const [hex, i] of legacy.classByContent) if (i === c) legacy.classByContent.delete(hex);
+    }
+    this.sets.set(key, { id, contentKey: '', value, nodeKeys: [], classKeys: [], failed: false, held });
+    this.log.warn({ set: id }, 'a policy set does not compile; the version a previous agent wrote stays in force');
+  }
+
+  private releaseHeld(rec: SetRecord): void {
+    if (!rec.held) return;
+    for (const n of rec.held.nodes) this.nodeAlloc.release(n);
+    for (const c of rec.held.classes) this.classAlloc.release(c);
+    rec.held = undefined;
   }
 
   /**
@@ -351,6 +511,7 @@ export class StateWriter {
       if (ep === null || this.podIps.get(key) === ep) continue;
       try {
         this.maps.podIps.update(Buffer.from(key, 'hex'), encodePodIpValue(ep));
+        if (this.counts) this.counts.weir_pod_ips[this.podIps.has(key) ? 'rewritten' : 'added']++;
         this.podIps.set(key, ep);
         res.addressesWritten++;
       } catch (err) {
@@ -363,6 +524,7 @@ export class StateWriter {
       this.maps.podIps.delete(Buffer.from(key, 'hex'));
       this.podIps.delete(key);
       res.addressesRemoved++;
+      if (this.counts) this.counts.weir_pod_ips.removed++;
     }
     if (failed.length > 0) {
       this.log.warn({ failed: failed.length, first: failed[0] }, 'pod addresses could not be written (weir_pod_ips full?); those pods reaching themselves are judged');
@@ -378,11 +540,16 @@ export class StateWriter {
     const id = this.setAlloc.alloc();
     const value: SetValue = { root4: 0, root6: 0, flags: SET_F_VALID | SET_F_E_ISOLATED, generation: gen };
     this.maps.sets.update(u32Key(id), encodeSetValue(value));
+    if (this.counts) this.counts.weir_sets.added++;
     this.sets.set(key, { id, contentKey: '', value, nodeKeys: [], classKeys: [], failed: true });
   }
 
-  /** Writes one set; returns the release of what its previous version used. */
-  private writeSet(key: string, desired: DesiredSet, contentKey: string, gen: number, res: ApplyResult): () => void {
+  /**
+   * Writes one set; returns the release of what its previous version used.
+   * `adopted`: the slot a previous agent wrote this set in (first apply
+   * after adopt): rewritten in place, or left alone when already equal.
+   */
+  private writeSet(key: string, desired: DesiredSet, contentKey: string, gen: number, res: ApplyResult, adopted?: number): { release: () => void; written: boolean } {
     const classKeys: string[] = [];
     const classIds = new Map<string, number>();
     const newClasses: { index: number; buf: Buffer }[] = [];
@@ -394,9 +561,14 @@ export class StateWriter {
       }
       let slot = this.classes.get(f.key);
       if (!slot) {
-        slot = { index: this.classAlloc.alloc(), refs: 0 };
+        const buf = encodePortClass(f.cls);
+        const reused = this.claim('classes', buf);
+        if (reused !== undefined) slot = { index: reused, refs: 0 };
+        else {
+          slot = { index: this.classAlloc.alloc(), refs: 0 };
+          newClasses.push({ index: slot.index, buf });
+        }
         this.classes.set(f.key, slot);
-        newClasses.push({ index: slot.index, buf: encodePortClass(f.cls) });
       }
       slot.refs++;
       classKeys.push(f.key);
@@ -405,6 +577,7 @@ export class StateWriter {
     if (newClasses.length > 0) {
       this.batchWrite(this.maps.classes, newClasses);
       res.classesWritten += newClasses.length;
+      if (this.counts) this.counts.weir_classes.added += newClasses.length;
     }
 
     const nodeKeys: string[] = [];
@@ -425,9 +598,15 @@ export class StateWriter {
         seen.add(spec.key);
         let slot = this.nodes.get(spec.key);
         if (!slot) {
-          slot = { index: this.nodeAlloc.alloc(), refs: 0 };
+          // Children come first, so their indices (reused or new) are known.
+          const buf = encodeTrieNode(encodeNode(spec, indexOf));
+          const reused = this.claim('nodes', buf);
+          if (reused !== undefined) slot = { index: reused, refs: 0 };
+          else {
+            slot = { index: this.nodeAlloc.alloc(), refs: 0 };
+            newNodes.push({ index: slot.index, buf });
+          }
           this.nodes.set(spec.key, slot);
-          newNodes.push({ index: slot.index, buf: encodeTrieNode(encodeNode(spec, indexOf)) });
         }
         slot.refs++;
         nodeKeys.push(spec.key);
@@ -437,21 +616,42 @@ export class StateWriter {
       // Children were allocated (and are listed) before their parents.
       this.batchWrite(this.maps.nodes, newNodes);
       res.nodesWritten += newNodes.length;
+      if (this.counts) this.counts.weir_nodes.added += newNodes.length;
     }
 
     const old = this.sets.get(key);
-    const id = old ? old.id : this.setAlloc.alloc();
-    const value: SetValue = {
+    let id: number;
+    let value: SetValue = {
       root4: t4.rootKey ? indexOf(t4.rootKey) : 0,
       root6: t6.rootKey ? indexOf(t6.rootKey) : 0,
       flags: desired.flags,
       generation: gen,
     };
-    this.maps.sets.update(u32Key(id), encodeSetValue(value));
+    let written = true;
+    const prev = adopted !== undefined ? this.legacy?.sets.get(adopted) : undefined;
+    if (old) id = old.id;
+    else if (adopted !== undefined && prev) {
+      id = adopted;
+      this.legacy?.sets.delete(adopted);
+      if (prev.root4 === value.root4 && prev.root6 === value.root6 && prev.flags === value.flags) {
+        value = prev; // exactly what is there: nothing to write
+        written = false;
+      } else if (this.counts) this.counts.weir_sets.rewritten++;
+    } else {
+      id = this.setAlloc.alloc();
+      if (this.counts) this.counts.weir_sets.added++;
+    }
+    if (written) this.maps.sets.update(u32Key(id), encodeSetValue(value));
     this.sets.set(key, { id, contentKey, value, nodeKeys, classKeys, failed: false });
-    this.log.debug({ set: id, prefixes4: desired.v4.length, prefixes6: desired.v6.length, nodes: nodeKeys.length, newNodes: newNodes.length }, 'policy set written');
-    return () => {
-      if (old) this.unref(old.nodeKeys, old.classKeys);
+    this.log.debug({ set: id, prefixes4: desired.v4.length, prefixes6: desired.v6.length, nodes: nodeKeys.length, newNodes: newNodes.length, written }, 'policy set written');
+    return {
+      written,
+      release: () => {
+        if (old) {
+          this.unref(old.nodeKeys, old.classKeys);
+          this.releaseHeld(old);
+        }
+      },
     };
   }
 

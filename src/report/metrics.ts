@@ -77,6 +77,10 @@ export interface ViolationLabels extends WorkloadKey {
 const DEFAULT_LINGER_MS = 5 * 60_000;
 const SLOW_MAPS_MS = 5_000;
 
+/** weir_reconcile_entries_total's label values, exported at 0 from the start. */
+export const RECONCILE_MAPS = ['weir_pods', 'weir_pod_ips', 'weir_sets', 'weir_nodes', 'weir_classes'] as const;
+export const RECONCILE_ACTIONS = ['added', 'removed', 'rewritten'] as const;
+
 /** Sync error kinds exported at 0 from the start, so `increase()` sees their first error. */
 export const SYNC_ERROR_KINDS = ['manifest', 'watch', 'invalid-object', 'compile', 'datapath', 'audit-log'] as const;
 
@@ -146,6 +150,8 @@ export class AgentMetrics {
   readonly eventsDroppedUserspace: Counter<'consumer'>;
   readonly unknownRecords: Counter<'type'>;
   readonly mapWrites: Counter<'what'>;
+  /** What the first apply after start changed in the pinned maps it adopted. */
+  readonly reconcileEntries: Counter<'map' | 'action'>;
 
   private readonly lingerMs: number;
   private readonly now: () => number;
@@ -327,6 +333,13 @@ export class AgentMetrics {
       labelNames: ['what'],
       registers,
     });
+    this.reconcileEntries = new Counter({
+      name: 'weir_reconcile_entries_total',
+      help: 'Entries of the pinned policy maps the first apply after start changed to match the desired state (a previous agent left them; stale or edited behind its back), by map and action (added, removed, rewritten).',
+      labelNames: ['map', 'action'],
+      registers,
+    });
+    for (const map of RECONCILE_MAPS) for (const action of RECONCILE_ACTIONS) this.reconcileEntries.inc({ map, action }, 0);
     new Gauge({
       name: 'weir_build_info',
       help: 'Build information of the agent (always 1).',
