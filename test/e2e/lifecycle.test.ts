@@ -47,10 +47,12 @@ import {
   u64Key,
 } from '../../src/datapath/abi.js';
 import { cleanup as weirCleanup } from '../../src/datapath/cleanup.js';
-import { Datapath, PROGRAMS } from '../../src/datapath/datapath.js';
+import { Datapath, PROGRAMS, removePins } from '../../src/datapath/datapath.js';
+import type { PodBinding } from '../../src/datapath/state-writer.js';
 import { cgroupIdOf, cgroupLevel } from '../../src/datapath/cgroups.js';
 import { walkEncoded } from '../../src/datapath/trie.js';
 import { ObjectStore } from '../../src/model/store.js';
+import { validateObject } from '../../src/model/validate.js';
 import { SET_F_E_ISOLATED } from '../../src/policy/compile.js';
 import { PolicyEngine } from '../../src/policy/engine.js';
 import { addressBytes } from '../../src/policy/prefix.js';
@@ -831,6 +833,43 @@ describe('agent lifecycle on the sandbox node', () => {
       expect((await probeTcp(sb, 'team-a/worker', 'internet', 443, { timeoutMs: 2000 })).code).toBe('EPERM');
       expect((await probeTcp(sb, 'team-a/worker', 'svc', 8080)).ok).toBe(true);
       console.log(`reconcile: ${JSON.stringify(logLines(b).find((l) => l.msg === 'pinned datapath state reconciled with the desired state')?.reconciled)}`);
+
+      // A policy that no longer compiles (over 64 port intervals for one
+      // destination) after a restart: its set keeps the version the previous
+      // writer left, as it would in a running agent, rather than failing closed.
+      const bindings = (st: typeof state): PodBinding[] =>
+        st.pods.map((p) => ({ uid: p.uid, namespace: p.namespace, name: p.name, cgroupId: cgroupIdOf((sb.listPods().find((x) => x.uid === p.uid) as SandboxPod).cgroupDir), setKey: p.setKey }));
+      const keepPin = newPinDir('keep');
+      const open = (dir: string): Promise<Datapath> => Datapath.open({ bpffs: BPFFS, pinDir: dir, podLevel: cgroupLevel(sb.podsCgroupRoot), logger: pino({ level: 'silent' }) });
+      let dp = await open(keepPin);
+      dp.writer.apply(state, bindings(state));
+      dp.close();
+      const good = resolvedMaps(keepPin);
+      const broken = validateObject({
+        apiVersion: 'weir.dev/v1alpha1',
+        kind: 'EgressPolicy',
+        metadata: { name: 'governed', namespace: 'team-a' },
+        spec: {
+          podSelector: { matchLabels: { tier: 'governed' } },
+          egress: [{ to: [{ ipBlock: { cidr: `${SVC4}/32` } }], ports: Array.from({ length: 70 }, (_, i) => ({ protocol: 'TCP', port: 1000 + 2 * i })) }],
+        },
+      });
+      if (!broken.ok) throw new Error('the test policy does not validate');
+      store.upsert(broken.object);
+      const state2 = new PolicyEngine(sb.nodeName).compute(store);
+      dp = await open(keepPin);
+      const res = dp.writer.apply(state2, bindings(state2));
+      dp.close();
+      expect(res.failedSets.length).toBe(1);
+      expect(resolvedMaps(keepPin)).toEqual(good);
+      // Without a previous version, the same set fails closed.
+      const freshPin = newPinDir('fresh');
+      dp = await open(freshPin);
+      dp.writer.apply(state2, bindings(state2));
+      dp.close();
+      expect(resolvedMaps(freshPin).pods.get(cgClient.toString())).toContain(`${SVC4}:8080/6=drop`);
+      expect(good.pods.get(cgClient.toString())).toContain(`${SVC4}:8080/6=allow`);
+      for (const d of [keepPin, freshPin]) removePins(d);
     } finally {
       ref?.close();
       await kill(a, 'SIGKILL');
@@ -839,7 +878,246 @@ describe('agent lifecycle on the sandbox node', () => {
       if (existsSync(refPin)) rmSync(refPin, { recursive: true });
     }
   }, 60_000);
+
+  it('4. API server unreachable at start: the pinned policy is enforced, /readyz is not ready, requests are retried with backoff, ready once it is up', async () => {
+    // (A watch dropped mid-stream keeps enforcing: test/e2e/kubernetes-agent.test.ts.)
+    const pinDir = newPinDir('outage');
+    const api = new FakeApiServer({ bookmarkIntervalMs: 1000 });
+    await api.start();
+    const agents: AgentRun[] = [];
+    try {
+      populate(api);
+      const kubeconfig = await api.writeKubeconfig(work, 'kubeconfig-outage');
+      const source = ['--kubeconfig', kubeconfig];
+      const a = await startAgent({ pinDir, source });
+      agents.push(a);
+      await ready(a);
+      expect((await probeTcp(sb, 'team-a/client', 'internet', 443, { timeoutMs: 2000 })).code).toBe('EPERM');
+      await kill(a, 'SIGKILL');
+      await api.stop();
+
+      const b = await startAgent({ pinDir, source });
+      agents.push(b);
+      await waitFor('the metrics listener', async () => (await readyz(b)) !== 0, 30_000);
+      const startedAt = Date.now();
+      // Several retry rounds: not ready, and the previous agent's policy is in force.
+      const notReady: number[] = [];
+      while (Date.now() - startedAt < 2500) {
+        notReady.push(await readyz(b));
+        await sleep(250);
+      }
+      expect(new Set(notReady)).toEqual(new Set([503]));
+      expect(metricValue(await metricsText(b), 'weir_agent_ready', {})).toBe(0);
+      expect((await probeTcp(sb, 'team-a/client', 'internet', 443, { timeoutMs: 2000 })).code).toBe('EPERM');
+      expect((await probeTcp(sb, 'team-a/client', 'svc', 8080)).ok).toBe(true);
+      expect((await probeTcp(sb, 'team-b/free', 'internet', 443)).ok).toBe(true);
+      const retries = logLines(b).filter((l) => l.msg === 'Kubernetes API request failed; retrying (known objects stay in effect)' && l.resource === 'pods');
+      expect(retries.length).toBeGreaterThanOrEqual(2);
+      const delays = retries.map((l) => Number(l.retryInMs));
+      expect(delays[1]).toBeGreaterThan(delays[0] as number); // backoff
+      expect(retries.every((l) => l.reason === 'connection')).toBe(true);
+
+      await api.start();
+      const upAt = Date.now();
+      await ready(b, 40_000);
+      const readyAfterMs = Date.now() - upAt;
+      expect(metricValue(await metricsText(b), 'weir_agent_ready', {})).toBe(1);
+      expect((await probeTcp(sb, 'team-a/client', 'internet', 443, { timeoutMs: 2000 })).code).toBe('EPERM');
+      expect((await probeTcp(sb, 'team-a/client', 'svc', 8080)).ok).toBe(true);
+      console.log(`API outage at start: not ready for ${upAt - startedAt} ms while enforcing the pinned policy (retries every ${delays.join(', ')} ms); ready ${readyAfterMs} ms after the API server came back`);
+    } finally {
+      for (const r of agents) await kill(r, 'SIGKILL');
+      await api.stop();
+      weirCleanup(pinDir);
+    }
+  }, 90_000);
+
+  it('7. local security: the API socket refuses other users; no token in any log line through 401, 403, 500 and disconnects', async () => {
+    const pinDir = newPinDir('security');
+    const marker = `weir-secret-token-${Math.random().toString(36).slice(2)}`;
+    const api = new FakeApiServer({ token: marker, bookmarkIntervalMs: 300 });
+    await api.start();
+    let a: AgentRun | undefined;
+    try {
+      populate(api);
+      const kubeconfig = await api.writeKubeconfig(work, 'kubeconfig-marker');
+      a = await startAgent({ pinDir, source: ['--kubeconfig', kubeconfig], logLevel: 'trace' });
+      await ready(a);
+      const run = a;
+
+      // The local API: a 0600 socket in a 0700 directory, both root's. Another user cannot connect, even with the directory opened up.
+      const dir = resolve(run.socket, '..');
+      expect(statSync(dir).mode & 0o777).toBe(0o700);
+      expect(statSync(run.socket).mode & 0o777).toBe(0o600);
+      expect(statSync(run.socket).uid).toBe(0);
+      const asNobody = (): { code: string; status: number | null } => {
+        const r = spawnSync('setpriv', ['--reuid', '65534', '--regid', '65534', '--clear-groups', '--', NODE, '-e', CONNECT_JS, run.socket], { encoding: 'utf8', timeout: 15_000 });
+        return { code: r.stdout.trim(), status: r.status };
+      };
+      expect(asNobody()).toEqual({ code: 'EACCES', status: 1 });
+      chmodSync(dir, 0o755);
+      try {
+        expect(asNobody()).toEqual({ code: 'EACCES', status: 1 });
+      } finally {
+        chmodSync(dir, 0o700);
+      }
+      const root = spawnSync(NODE, ['-e', CONNECT_JS, run.socket], { encoding: 'utf8', timeout: 15_000 });
+      expect(root.stdout.trim()).toBe('connected');
+
+      // Errors of every kind from the API server, with the agent logging at trace level.
+      const before = logLines(run).length;
+      api.failNext(3, 401, undefined, { resource: 'pods' });
+      api.failNext(3, 403, undefined, { resource: 'services' });
+      api.failNext(3, 500, undefined, { resource: 'namespaces' });
+      api.dropWatches();
+      for (const status of [401, 403, 500]) await waitFor(`retries after ${status}`, () => logLines(run).slice(before).some((l) => l.status === status), 30_000);
+      // Kubernetes Events: a violation to report, and the writes fail.
+      api.failNext(2, 500, undefined, { resource: 'events' });
+      api.failNext(2, 401, undefined, { resource: 'events' });
+      expect((await probeTcp(sb, 'team-a/client', 'internet', 443, { timeoutMs: 2000 })).code).toBe('EPERM');
+      await api.stop();
+      await sleep(1500);
+      await api.start();
+      await waitFor('an Event written after the failures', () => api.list('Event').length > 0, 30_000);
+      await waitFor('the watches back', () => api.openWatches() >= 7, 30_000);
+      await kill(run, 'SIGTERM');
+      const text = run.out.join('') + run.err.join('');
+      expect(text).toMatch(/"status":401/);
+      expect(text).toMatch(/"status":403/);
+      expect(text).toMatch(/"status":500/);
+      expect(text.length).toBeGreaterThan(10_000);
+      expect(text).not.toContain(marker);
+      expect(text).not.toContain(marker.slice(-12)); // not even in part
+      console.log(`security: ${text.split('\n').length} log lines at trace through 401/403/500/outage, none with the token`);
+    } finally {
+      if (a) await kill(a, 'SIGKILL');
+      await api.stop();
+      weirCleanup(pinDir);
+    }
+  }, 90_000);
+
+  it('7. programs of others on the same hooks stay attached and keep running through weir\'s attach, crash restart and upgrade; an exclusive one is never replaced', async () => {
+    const pinDir = newPinDir('foreign');
+    const fixture = await BpfObject.load(join(ROOT, 'build/bpf/fixtures/addon_fixture.bpf.o'));
+    const foreign: BpfLink[] = [];
+    const agents: AgentRun[] = [];
+    const exclusiveDir = join(BPFFS, `weir-lc-${process.pid}-exclusive`);
+    try {
+      // Attached first, alongside (BPF_F_ALLOW_MULTI, as a bpf_link): a CNI's programs.
+      foreign.push(fixture.program('fixture_egress').attachCgroup(sb.podsCgroupRoot));
+      foreign.push(fixture.program('fixture_connect4').attachCgroup(sb.podsCgroupRoot));
+      const ids = { egress: fixture.program('fixture_egress').id, connect4: fixture.program('fixture_connect4').id };
+      const runs = (): { egress: bigint; connect4: bigint } => {
+        const c = fixture.map('fixture_counters');
+        const raw = c.lookup(u32Key(0)) as Buffer;
+        let egress = 0n;
+        for (let i = 0; i < c.possibleCpus; i++) egress += raw.readBigUInt64LE(i * 8);
+        return { egress, connect4: (fixture.map('fixture_array').lookup(u32Key(1)) as Buffer).readBigUInt64LE(0) };
+      };
+      const check = async (stage: string): Promise<void> => {
+        const hooks = hookPrograms();
+        for (const h of hooks) {
+          expect(h.weir.length, `${stage}: ${h.program}`).toBe(1);
+          expect(h.flags, `${stage}: ${h.program}`).toBe(BPF.BPF_F_ALLOW_MULTI);
+        }
+        expect(hooks.find((h) => h.program === 'weir_egress')?.others, stage).toEqual([ids.egress]);
+        expect(hooks.find((h) => h.program === 'weir_connect4')?.others, stage).toEqual([ids.connect4]);
+        const r0 = runs();
+        expect((await probeTcp(sb, 'team-a/client', 'svc', 8080)).ok, stage).toBe(true);
+        expect((await probeTcp(sb, 'team-a/client', 'internet', 443, { timeoutMs: 2000 })).code, stage).toBe('EPERM');
+        const r1 = runs();
+        expect(r1.egress, stage).toBeGreaterThan(r0.egress); // still running
+        expect(r1.connect4 - r0.connect4, stage).toBeGreaterThanOrEqual(2n); // both connects: the foreign program runs whatever weir says
+      };
+      const a = await startAgent({ pinDir, objectsDir: objectsOld });
+      agents.push(a);
+      await ready(a);
+      await check('attached');
+      await kill(a, 'SIGKILL');
+      const b = await startAgent({ pinDir, objectsDir: objectsOld });
+      agents.push(b);
+      await ready(b);
+      await check('restarted after a crash');
+      await kill(b, 'SIGTERM');
+      const c = await startAgent({ pinDir, objectsDir: objectsNew });
+      agents.push(c);
+      await ready(c);
+      await check('upgraded');
+      await kill(c, 'SIGTERM');
+      weirCleanup(pinDir);
+      for (const l of foreign.splice(0)) {
+        l.detach();
+        l.close();
+      }
+
+      // A program attached exclusively (legacy attach without flags) on connect4:
+      // the kernel lets nothing run beside it. weir does not replace it; it
+      // refuses to start, says why, and leaves nothing attached.
+      expect(spawnSync('bpftool', ['prog', 'loadall', join(ROOT, 'build/bpf/fixtures/addon_fixture.bpf.o'), exclusiveDir]).status).toBe(0);
+      const att = spawnSync('bpftool', ['cgroup', 'attach', sb.podsCgroupRoot, 'connect4', 'pinned', join(exclusiveDir, 'fixture_connect4')], { encoding: 'utf8' });
+      expect(att.status, att.stderr).toBe(0);
+      const excl = progQuery(sb.podsCgroupRoot, BPF.BPF_CGROUP_INET4_CONNECT);
+      expect(excl.attachFlags & BPF.BPF_F_ALLOW_MULTI).toBe(0);
+      const d = await startAgent({ pinDir, objectsDir: objectsOld });
+      agents.push(d);
+      const { code } = await d.exited;
+      expect(code).not.toBe(0);
+      const said = d.out.join('') + d.err.join('');
+      expect(said).toMatch(/attached to the connect4 hook .* in exclusive mode \(without BPF_F_ALLOW_MULTI\).*weir never replaces another program/);
+      const hooks = hookPrograms();
+      expect(hooks.every((h) => h.weir.length === 0)).toBe(true); // egress and ingress, attached before connect4 failed, were rolled back
+      expect(progQuery(sb.podsCgroupRoot, BPF.BPF_CGROUP_INET4_CONNECT).progIds).toEqual(excl.progIds);
+      expect(existsSync(join(pinDir, 'links')) ? readdirSync(join(pinDir, 'links')) : []).toEqual([]);
+    } finally {
+      for (const r of agents) await kill(r, 'SIGKILL');
+      for (const l of foreign) {
+        l.detach();
+        l.close();
+      }
+      if (existsSync(exclusiveDir)) {
+        spawnSync('bpftool', ['cgroup', 'detach', sb.podsCgroupRoot, 'connect4', 'pinned', join(exclusiveDir, 'fixture_connect4')]);
+        rmSync(exclusiveDir, { recursive: true });
+      }
+      fixture.close();
+      weirCleanup(pinDir);
+    }
+  }, 120_000);
+
+  it('7. weir attaches only with bpf_link (BPF_F_ALLOW_MULTI): no legacy attach and no BPF_F_REPLACE anywhere in the addon', () => {
+    const dir = join(ROOT, 'native');
+    const sources = readdirSync(dir).filter((f) => /\.(cc|h)$/.test(f)).map((f) => ({ f, text: readFileSync(join(dir, f), 'utf8') }));
+    expect(sources.length).toBeGreaterThan(5);
+    const uses = (re: RegExp): string[] => sources.flatMap(({ f, text }) => text.split('\n').filter((l) => re.test(l)).map((l) => `${f}: ${l.trim()}`));
+    // Legacy attach (BPF_PROG_ATTACH) in any spelling: none.
+    expect(uses(/bpf_prog_attach|BPF_PROG_ATTACH|bpf_program__attach_cgroup_opts|prog_attach_opts/)).toEqual([]);
+    // BPF_F_REPLACE only as a constant exported to TypeScript.
+    expect(uses(/BPF_F_REPLACE/)).toEqual(['addon.cc: C(BPF_F_REPLACE);']);
+    // The one attach: bpf_program__attach_cgroup (BPF_LINK_CREATE; a cgroup link is always multi-attach).
+    expect(uses(/bpf_program__attach\w*\(/).map((l) => l.replace(/\s+/g, ' '))).toEqual([expect.stringMatching(/^program\.cc: bpf_link\* link = bpf_program__attach_cgroup\(prog, cg\);$/)]);
+    // And the only link update: bpf_link__update_program (no old-program check, no flags).
+    expect(uses(/bpf_link_update\(|bpf_link__update\w*\(/)).toEqual([expect.stringMatching(/^link\.cc: .*bpf_link__update_program\(link, prog\);$/)]);
+  });
 });
+
+const CONNECT_JS = `const s = require('node:net').connect(process.argv[1]);
+s.on('connect', () => { console.log('connected'); process.exit(0); });
+s.on('error', (e) => { console.log(e.code); process.exit(1); });`;
+
+/** The sandbox's namespaces and pods, and the policy, in a fake API server. */
+function populate(api: FakeApiServer): void {
+  const m = sb.manifests();
+  for (const ns of m.namespaces) api.create(ns as unknown as FakeObjectInput);
+  for (const pod of m.pods) api.create(pod as unknown as FakeObjectInput);
+  api.create({
+    apiVersion: 'weir.dev/v1alpha1',
+    kind: 'EgressPolicy',
+    metadata: { name: 'governed', namespace: 'team-a' },
+    spec: {
+      podSelector: { matchLabels: { tier: 'governed' } },
+      egress: [{ to: [{ ipBlock: { cidr: `${SVC4}/32` } }, { ipBlock: { cidr: `${SVC6}/128` } }], ports: [{ protocol: 'TCP', port: 8080 }, { protocol: 'UDP', port: 514 }] }],
+    },
+  });
+}
 
 /** Destinations each pod's verdict is resolved for, from the maps alone. */
 const DESTS: { addr: string; proto: number; port: number }[] = [
