@@ -40,6 +40,7 @@ import {
 import { addressBytes, prefixContains, hostPrefix } from './prefix.js';
 import { decide, type Decision } from './verdict.js';
 import { compileFqdn, type FqdnKey } from './fqdn.js';
+import { DEFAULT_RESOLVERS, impliedResolverEntries, trustedResolvers, type Resolver, type ResolverConfig } from './resolvers.js';
 
 export interface PolicyInputs {
   namespaces(): Iterable<Namespace>;
@@ -130,7 +131,18 @@ export class PolicyEngine {
   private readonly normalized = new WeakMap<object, Policy>();
   private nsLabelsSeen = new Map<string, Record<string, string> | undefined>();
 
-  constructor(private readonly nodeName: string | null) {}
+  private readonly resolverConfig: ResolverConfig;
+
+  /**
+   * @param opts.resolvers the trusted DNS resolvers (default: the Service
+   *   kube-system/kube-dns): sets with fqdn peers may query them on port 53.
+   */
+  constructor(
+    private readonly nodeName: string | null,
+    opts: { resolvers?: ResolverConfig } = {},
+  ) {
+    this.resolverConfig = opts.resolvers ?? DEFAULT_RESOLVERS;
+  }
 
   private invalidate(changes: readonly ModelChange[] | 'all'): void {
     if (changes === 'all') {
@@ -249,6 +261,7 @@ export class PolicyEngine {
     };
 
     const frontends = serviceFrontends([...inputs.services()], [...inputs.endpointSlices()]);
+    const resolvers = trustedResolvers(frontends, this.resolverConfig);
     const pods: DesiredPod[] = [];
     const sets = new Map<string, DesiredSet>();
     for (const pod of allPods) {
@@ -260,7 +273,7 @@ export class PolicyEngine {
       // Ingress) play no part in egress and must not split sets.
       const egress = selecting.filter((p) => p.isolatesEgress);
       const key = egress.map((p) => p.id).join('\n');
-      if (!sets.has(key)) sets.set(key, this.cache.get(key) ?? compileSet(key, egress, dir, frontends));
+      if (!sets.has(key)) sets.set(key, this.cache.get(key) ?? compileSet(key, egress, dir, frontends, resolvers));
       pods.push({ uid, namespace: pod.metadata.namespace, name: pod.metadata.name, pod, setKey: key });
     }
     this.cache = new Map(sets);
@@ -297,10 +310,12 @@ function portsMatch(ports: PortRange[] | null, proto: number, port: number | nul
   return ports.some((r) => r.proto === proto && r.lo <= port && port <= r.hi);
 }
 
-function compileSet(key: string, policies: Policy[], dir: PeerDirectory, frontends: ServiceFrontend[]): DesiredSet {
+function compileSet(key: string, policies: Policy[], dir: PeerDirectory, frontends: ServiceFrontend[], resolvers: Resolver[]): DesiredSet {
   const flags = setFlags(policies);
   try {
     const es = compileEntries(policies, dir);
+    // fqdn peers imply DNS to the trusted resolvers (docs/policy.md).
+    es.push(...impliedResolverEntries(policies, resolvers));
     // Services are judged by their backends under the rules above, so their
     // entries are derived from a first flattening and then added.
     let v4 = flatten(es, 4);

@@ -195,3 +195,91 @@ describe('compilation: one key per distinct name or wildcard, most specific firs
     expect(lookupFqdn(set.fqdn!, 'hf.co')).toBeUndefined();
   });
 });
+
+describe('resolution is implied: fqdn peers allow DNS to the trusted resolvers', () => {
+  const objects = (extra: unknown[]): unknown[] => [
+    { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'ml' } },
+    {
+      apiVersion: 'v1',
+      kind: 'Service',
+      metadata: { name: 'kube-dns', namespace: 'kube-system' },
+      spec: { clusterIP: '10.96.0.10', ports: [{ name: 'dns', port: 53, protocol: 'UDP' }, { name: 'dns-tcp', port: 53, protocol: 'TCP' }, { name: 'metrics', port: 9153, protocol: 'TCP' }] },
+    },
+    {
+      apiVersion: 'discovery.k8s.io/v1',
+      kind: 'EndpointSlice',
+      metadata: { name: 'kube-dns-1', namespace: 'kube-system', labels: { 'kubernetes.io/service-name': 'kube-dns' } },
+      addressType: 'IPv4',
+      endpoints: [{ addresses: ['10.1.0.53'], conditions: { ready: true } }],
+      ports: [{ name: 'dns', port: 5353, protocol: 'UDP' }, { name: 'dns-tcp', port: 5353, protocol: 'TCP' }, { name: 'metrics', port: 9153, protocol: 'TCP' }],
+    },
+    ...['fqdn', 'plain', 'audit'].map((app, i) => ({
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { name: app, namespace: 'ml', uid: `u${i}`, labels: { app } },
+      spec: { nodeName: 'node-1', containers: [{ name: 'c' }] },
+      status: { podIPs: [{ ip: `10.1.0.${10 + i}` }] },
+    })),
+    ...extra,
+  ];
+  const policy = (name: string, app: string, to: unknown[], mode = 'Enforce') => ({
+    apiVersion: 'weir.dev/v1alpha1',
+    kind: 'EgressPolicy',
+    metadata: { name, namespace: 'ml' },
+    spec: { podSelector: { matchLabels: { app } }, mode, egress: [{ to, ports: [{ protocol: 'TCP', port: 443 }] }] },
+  });
+  const world = (resolvers?: { service: string | null; addresses: string[] }) => {
+    const objs = objects([
+      policy('f', 'fqdn', [{ fqdn: { matchName: 'api.models.example.com' } }]),
+      policy('p', 'plain', [{ ipBlock: { cidr: '192.0.2.0/24' } }]),
+      policy('a', 'audit', [{ fqdn: { matchPattern: '*.hf.co' } }], 'Audit'),
+    ]).map((o) => {
+      const r = validateObject(o);
+      if (!r.ok) throw new Error(r.ignored ? 'ignored' : r.error.message);
+      return r.object;
+    });
+    const of = (kind: string) => objs.filter((o) => o.kind === kind) as never[];
+    const inputs: PolicyInputs = {
+      namespaces: () => of('Namespace'),
+      pods: () => of('Pod'),
+      networkPolicies: () => [],
+      egressPolicies: () => of('EgressPolicy'),
+      clusterEgressPolicies: () => [],
+      services: () => of('Service'),
+      endpointSlices: () => of('EndpointSlice'),
+    };
+    const engine = new PolicyEngine('node-1', resolvers ? { resolvers } : {});
+    const state = engine.compute(inputs);
+    const pod = (name: string) => state.pods.find((p) => p.name === name)!;
+    return (name: string, dst: string, proto: number, port: number) => engine.explain(state, pod(name), dst, proto, port);
+  };
+
+  test('the ClusterIP on 53 and the backends on their target port, UDP and TCP; nothing else', () => {
+    const explain = world();
+    expect(explain('fqdn', '10.96.0.10', 17, 53).verdict).toBe('allow');
+    expect(explain('fqdn', '10.96.0.10', 6, 53).verdict).toBe('allow');
+    expect(explain('fqdn', '10.1.0.53', 17, 5353).verdict).toBe('allow');
+    expect(explain('fqdn', '10.1.0.53', 6, 5353).verdict).toBe('allow');
+    expect(explain('fqdn', '10.96.0.10', 6, 9153).verdict).toBe('drop');
+    expect(explain('fqdn', '10.1.0.53', 17, 53).verdict).toBe('drop');
+    expect(explain('fqdn', '8.8.8.8', 17, 53).verdict).toBe('drop');
+    // the rule that implies it is named
+    expect(explain('fqdn', '10.96.0.10', 17, 53).matches.map((m) => m.rule)).toContain('EgressPolicy/ml/f egress[0]');
+    expect(explain('fqdn', '10.1.0.53', 17, 5353).matches.map((m) => m.rule)).toEqual(['EgressPolicy/ml/f egress[0]']);
+  });
+
+  test('a set without fqdn peers gets nothing; an Audit fqdn policy gets audit allows only', () => {
+    const explain = world();
+    expect(explain('plain', '10.96.0.10', 17, 53).verdict).toBe('drop');
+    const audit = explain('audit', '10.96.0.10', 17, 53);
+    expect(audit.bits).toBe(BIT_A_ALLOW);
+    expect(audit.verdict).toBe('allow'); // not isolated by Enforce; the audit pass finds an allow
+  });
+
+  test('configured resolvers replace or add to the Service', () => {
+    const explain = world({ service: null, addresses: ['10.0.0.2', 'fd00::53'] });
+    expect(explain('fqdn', '10.96.0.10', 17, 53).verdict).toBe('drop');
+    expect(explain('fqdn', '10.0.0.2', 17, 53).verdict).toBe('allow');
+    expect(explain('fqdn', 'fd00::53', 6, 53).verdict).toBe('allow');
+  });
+});
