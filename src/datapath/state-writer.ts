@@ -9,6 +9,11 @@
 //      indices are quarantined before reuse (see allocator.ts).
 //
 // A packet therefore sees either the old complete policy or the new one.
+// A set that does not fit (a policy map is full) is never partially
+// written: what its write had allocated is given back, and the set is
+// reported in ApplyResult.failedSets while the rest of the apply goes on.
+// A pod that does not fit (weir_pods or the endpoint ids full) is reported
+// in ApplyResult.failedPods and retried on the next apply.
 // The writer keeps a mirror of what it wrote so that an unchanged set or pod
 // costs no syscall.
 //
@@ -111,7 +116,22 @@ export interface ApplyResult {
   /** weir_pod_ips entries written (new or changed owner) and deleted. */
   addressesWritten: number;
   addressesRemoved: number;
+  /**
+   * Sets that could not be written: they do not compile (DesiredSet.error),
+   * or a policy map is full (weir_nodes, weir_classes, weir_sets: the
+   * error names the map). Nothing of such a set is written; its last good
+   * version stays in force, and a set never written yet is either written
+   * fail-closed (does not compile) or, when a map is full, its pods point
+   * at no set (set id 0), so the datapath drops all their egress with
+   * reason no-policy-set.
+   */
   failedSets: { key: string; error: string }[];
+  /**
+   * Pods that could not be written (weir_pods or the endpoint ids full):
+   * they have no entry, so the datapath does not govern them. Retried on
+   * every apply; logged, and weir_map_entries then equals weir_map_capacity.
+   */
+  failedPods: { uid: string; namespace: string; name: string; error: string }[];
   /**
    * Only on the first apply after adopt(): what it changed in the adopted
    * maps, per map (weir_pods, weir_pod_ips, weir_sets, weir_nodes,
@@ -315,10 +335,13 @@ export class StateWriter {
       addressesWritten: 0,
       addressesRemoved: 0,
       failedSets: [],
+      failedPods: [],
     };
     const wanted = new Set(bindings.map((b) => b.setKey));
     const nextGen = this.gen + 1;
     const releases: (() => void)[] = [];
+    /** Sets that do not fit and were never written: their pods get set id 0. */
+    const unwritten = new Set<string>();
     const wantPods = new Map<string, PodBinding>();
     for (const b of bindings) wantPods.set(b.cgroupId.toString(), b);
     const legacy = this.legacy;
@@ -365,28 +388,67 @@ export class StateWriter {
       }
       const ck = contentKeyOf(desired);
       if (old && !old.failed && old.contentKey === ck) continue;
-      const w = this.writeSet(key, desired, ck, nextGen, res, old ? undefined : legacySetFor.get(key));
+      const adopted = old ? undefined : legacySetFor.get(key);
+      let w: { release: () => void; written: boolean };
+      try {
+        w = this.writeSet(key, desired, ck, nextGen, res, adopted);
+      } catch (err) {
+        // A policy map is full (or refused the write): writeSet gave back
+        // what it had taken, so nothing of the new version is referenced.
+        const error = (err as Error).message;
+        res.failedSets.push({ key, error });
+        const pods = bindings.filter((b) => b.setKey === key).length;
+        if (old) {
+          this.log.error({ set: old.id, pods, error }, 'a policy set does not fit in the datapath maps; its last good version stays in force');
+        } else if (legacy && adopted !== undefined && legacy.sets.has(adopted)) {
+          this.keepAdopted(key, adopted, legacy);
+        } else {
+          // Never written: its pods point at no set, which the datapath
+          // drops with reason no-policy-set (fail closed, and not reported
+          // as a policy deny). Works even when weir_sets itself is full.
+          unwritten.add(key);
+          this.log.error({ pods, error }, 'a policy set does not fit in the datapath maps; its pods are written without a set: all their egress is dropped (reason no-policy-set)');
+        }
+        continue;
+      }
       releases.push(w.release);
       if (w.written) res.setsWritten++;
     }
 
-    // 3: pods.
-    for (const [cg, b] of wantPods) {
+    // 3: pods. A pod that does not fit (weir_pods or the endpoint ids
+    // full) is tried again once the pods no longer wanted are removed.
+    const notWritten: [string, PodBinding, string][] = [];
+    const writePod = (cg: string, b: PodBinding): string | null => {
       const set = this.sets.get(b.setKey);
-      if (!set) continue;
+      const setId = set ? set.id : unwritten.has(b.setKey) ? 0 : undefined;
+      if (setId === undefined) return null;
       let ep = this.endpointsByCgroup.get(cg);
-      if (ep === undefined) {
-        ep = this.endpointAlloc.alloc();
-        this.endpointsByCgroup.set(cg, ep);
+      const fresh = ep === undefined;
+      try {
+        if (ep === undefined) {
+          ep = this.endpointAlloc.alloc();
+          this.endpointsByCgroup.set(cg, ep);
+        }
+        const value: PodValue = { setId, endpointId: ep, flags: 0 };
+        const cur = this.pods.get(cg);
+        if (!cur || cur.value.setId !== value.setId || cur.value.endpointId !== value.endpointId || cur.value.flags !== value.flags) {
+          this.maps.pods.update(u64Key(b.cgroupId), encodePodValue(value));
+          res.podsWritten++;
+          if (counts) counts.weir_pods[cur ? 'rewritten' : 'added']++;
+        }
+        this.pods.set(cg, { value, binding: b });
+        return null;
+      } catch (err) {
+        if (fresh && ep !== undefined) {
+          this.endpointsByCgroup.delete(cg);
+          this.endpointAlloc.release(ep);
+        }
+        return (err as Error).message;
       }
-      const value: PodValue = { setId: set.id, endpointId: ep, flags: 0 };
-      const cur = this.pods.get(cg);
-      if (!cur || cur.value.setId !== value.setId || cur.value.endpointId !== value.endpointId || cur.value.flags !== value.flags) {
-        this.maps.pods.update(u64Key(b.cgroupId), encodePodValue(value));
-        res.podsWritten++;
-        if (counts) counts.weir_pods[cur ? 'rewritten' : 'added']++;
-      }
-      this.pods.set(cg, { value, binding: b });
+    };
+    for (const [cg, b] of wantPods) {
+      const error = writePod(cg, b);
+      if (error !== null) notWritten.push([cg, b, error]);
     }
     // The pods' addresses: after their pod entries, and before a removed
     // pod's endpoint id is released below.
@@ -404,6 +466,20 @@ export class StateWriter {
         this.endpointAlloc.release(ep);
       }
       void cur;
+    }
+    if (notWritten.length > 0) {
+      for (const [cg, b] of notWritten) {
+        const error = writePod(cg, b);
+        if (error !== null) res.failedPods.push({ uid: b.uid, namespace: b.namespace, name: b.name, error });
+      }
+      if (res.failedPods.length < notWritten.length) this.writeAddresses(wantPods, res);
+      if (res.failedPods.length > 0) {
+        const first = res.failedPods[0];
+        this.log.error(
+          { pods: res.failedPods.length, first: first && `${first.namespace}/${first.name}`, error: first?.error },
+          'pods could not be written to the datapath (weir_pods or endpoint ids full): their egress is not governed until there is room',
+        );
+      }
     }
 
     // 4: sets nobody uses, then everything replaced above.
@@ -548,9 +624,50 @@ export class StateWriter {
    * Writes one set; returns the release of what its previous version used.
    * `adopted`: the slot a previous agent wrote this set in (first apply
    * after adopt): rewritten in place, or left alone when already equal.
+   * Throws (a map is full) with nothing of the new version referenced:
+   * the slots it had taken are given back first.
    */
   private writeSet(key: string, desired: DesiredSet, contentKey: string, gen: number, res: ApplyResult, adopted?: number): { release: () => void; written: boolean } {
     const classKeys: string[] = [];
+    const nodeKeys: string[] = [];
+    /** Slots this call added to the mirror (new, or claimed from the adopted state). */
+    const created: { kind: 'nodes' | 'classes'; key: string; index: number; claimed?: string }[] = [];
+    try {
+      return this.writeSetSlots(key, desired, contentKey, gen, res, adopted, classKeys, nodeKeys, created);
+    } catch (err) {
+      for (const k of classKeys) {
+        const s = this.classes.get(k);
+        if (s) s.refs--;
+      }
+      for (const k of nodeKeys) {
+        const s = this.nodes.get(k);
+        if (s) s.refs--;
+      }
+      for (const c of created) {
+        (c.kind === 'nodes' ? this.nodes : this.classes).delete(c.key);
+        if (c.claimed !== undefined && this.legacy) {
+          // Back to the adopted state it came from (it may be a last good version kept below).
+          (c.kind === 'nodes' ? this.legacy.nodeByContent : this.legacy.classByContent).set(c.claimed, c.index);
+          this.legacy[c.kind].add(c.index);
+        } else {
+          (c.kind === 'nodes' ? this.nodeAlloc : this.classAlloc).release(c.index);
+        }
+      }
+      throw err;
+    }
+  }
+
+  private writeSetSlots(
+    key: string,
+    desired: DesiredSet,
+    contentKey: string,
+    gen: number,
+    res: ApplyResult,
+    adopted: number | undefined,
+    classKeys: string[],
+    nodeKeys: string[],
+    created: { kind: 'nodes' | 'classes'; key: string; index: number; claimed?: string }[],
+  ): { release: () => void; written: boolean } {
     const classIds = new Map<string, number>();
     const newClasses: { index: number; buf: Buffer }[] = [];
     for (const f of [...desired.v4, ...desired.v6]) {
@@ -563,9 +680,12 @@ export class StateWriter {
       if (!slot) {
         const buf = encodePortClass(f.cls);
         const reused = this.claim('classes', buf);
-        if (reused !== undefined) slot = { index: reused, refs: 0 };
-        else {
+        if (reused !== undefined) {
+          slot = { index: reused, refs: 0 };
+          created.push({ kind: 'classes', key: f.key, index: reused, claimed: buf.toString('hex') });
+        } else {
           slot = { index: this.classAlloc.alloc(), refs: 0 };
+          created.push({ kind: 'classes', key: f.key, index: slot.index });
           newClasses.push({ index: slot.index, buf });
         }
         this.classes.set(f.key, slot);
@@ -580,7 +700,6 @@ export class StateWriter {
       if (this.counts) this.counts.weir_classes.added += newClasses.length;
     }
 
-    const nodeKeys: string[] = [];
     const build = (flat: FlatPrefix[]): BuiltTrie =>
       buildTrie(flat.map((f) => ({ prefix: f.prefix, classId: classIds.get(f.key) ?? 0 })));
     const t4 = build(desired.v4);
@@ -601,9 +720,12 @@ export class StateWriter {
           // Children come first, so their indices (reused or new) are known.
           const buf = encodeTrieNode(encodeNode(spec, indexOf));
           const reused = this.claim('nodes', buf);
-          if (reused !== undefined) slot = { index: reused, refs: 0 };
-          else {
+          if (reused !== undefined) {
+            slot = { index: reused, refs: 0 };
+            created.push({ kind: 'nodes', key: spec.key, index: reused, claimed: buf.toString('hex') });
+          } else {
             slot = { index: this.nodeAlloc.alloc(), refs: 0 };
+            created.push({ kind: 'nodes', key: spec.key, index: slot.index });
             newNodes.push({ index: slot.index, buf });
           }
           this.nodes.set(spec.key, slot);
