@@ -500,4 +500,57 @@ static __always_inline int weir_dns_parse_query(struct __sk_buff *skb, __u32 off
 	return err;
 }
 
+/* ---- policy keys ---------------------------------------------------------- */
+
+/*
+ * The key of a set's FQDN table (written by the agent from DesiredSet.fqdn
+ * with src/policy/fqdn-hash.ts; moves to weir_abi.h as weir_fqdn_keys' key
+ * when the table is wired into the datapath).
+ */
+#define WEIR_DNS_KEY_EXACT	1
+#define WEIR_DNS_KEY_WILDCARD	2
+struct weir_dns_key {
+	__u32 set_id;
+	__u8 kind;		/* WEIR_DNS_KEY_* */
+	__u8 _pad[3];
+	__u64 hash;		/* exact: hash of the name; wildcard `*.s`: hash of s */
+};
+_Static_assert(sizeof(struct weir_dns_key) == 16, "weir_dns_key");
+
+/*
+ * The most specific key of set_id in map for the question parsed into st:
+ * the exact name first, then `*.` over each proper suffix, longest first
+ * (labels 1..n-1: one or more whole labels removed, never the apex's own
+ * wildcard). Returns the value found (a u32) or NULL; *which says what
+ * matched (0 = exact, k = the wildcard over labels k..n-1).
+ */
+static __always_inline __u32 *weir_dns_match(void *map, const struct weir_dns_state *st, __u32 set_id, __u32 *which)
+{
+	struct weir_dns_key k = {};
+	__u32 n = st->nlabels, *v;
+
+	k.set_id = set_id;
+	k.kind = WEIR_DNS_KEY_EXACT;
+	k.hash = st->suffix[0];
+	if (!n)
+		return NULL;
+	v = bpf_map_lookup_elem(map, &k);
+	if (v) {
+		*which = 0;
+		return v;
+	}
+	k.kind = WEIR_DNS_KEY_WILDCARD;
+	for (__u32 i = 1; i < WEIR_DNS_MAX_LABELS; i++) {
+		if (i >= n)
+			break;
+		k.hash = st->suffix[i & (WEIR_DNS_MAX_LABELS - 1)];
+		v = bpf_map_lookup_elem(map, &k);
+		if (v) {
+			*which = i;
+			return v;
+		}
+	}
+	return NULL;
+}
+
 #endif /* WEIR_DNS_H */

@@ -11,6 +11,10 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import fc from 'fast-check';
 import { BpfObject } from '../../src/native/kernel-objects.js';
 import { nameHash, suffixHashes } from '../../src/policy/fqdn-hash.js';
+import { compileFqdn, lookupFqdn, type FqdnKey } from '../../src/policy/fqdn.js';
+import { normalizeEgressPolicy } from '../../src/policy/normalize.js';
+import { validateObject } from '../../src/model/validate.js';
+import type { EgressPolicy } from '../../src/model/types.js';
 import { DNS, DNS_ERR, buildMessage, encodeName, encodeRecord, ptr, referenceParse, udpFrame, type ParseResult } from '../helpers/dns-wire.js';
 
 const root = join(import.meta.dirname, '..', '..');
@@ -325,3 +329,80 @@ describe('random messages', () => {
   });
 });
 
+
+describe('matching a question against a set\'s FQDN keys (weir_dns_match)', () => {
+  const KEY_EXACT = 1;
+  const KEY_WILDCARD = 2;
+
+  function writeKeys(setId: number, keys: readonly FqdnKey[]): void {
+    const m = obj.map('dns_keys');
+    for (const k of m.keys()) m.delete(k);
+    keys.forEach((k, i) => {
+      const key = Buffer.alloc(16);
+      key.writeUInt32LE(setId, 0);
+      key[4] = k.matcher.kind === 'name' ? KEY_EXACT : KEY_WILDCARD;
+      key.writeBigUInt64LE(nameHash(SECRET, k.matcher.kind === 'name' ? k.matcher.name : k.matcher.suffix), 8);
+      const v = Buffer.alloc(4);
+      v.writeUInt32LE(i + 1);
+      m.update(key, v);
+    });
+  }
+
+  function match(setId: number, qname: string): number {
+    const m = Buffer.alloc(16);
+    m.writeUInt32LE(setId, 0);
+    m.writeUInt32LE(0xffffffff, 4);
+    obj.map('dns_match').update(zero, m);
+    run(buildMessage({ response: false, qname }), false);
+    return (obj.map('dns_match').lookup(zero) as Buffer).readUInt32LE(4);
+  }
+
+  const policy = (rules: { sel: { matchName?: string; matchPattern?: string }; port: number }[]) => {
+    const r = validateObject({
+      apiVersion: 'weir.dev/v1alpha1',
+      kind: 'EgressPolicy',
+      metadata: { name: 'p', namespace: 'ml' },
+      spec: { podSelector: {}, egress: rules.map((x) => ({ to: [{ fqdn: x.sel }], ports: [{ protocol: 'TCP', port: x.port }] })) },
+    });
+    if (!r.ok) throw new Error(r.ignored ? 'ignored' : r.error.message);
+    return normalizeEgressPolicy(r.object as EgressPolicy);
+  };
+
+  test('exact first, then the longest wildcard; never the apex; any case; only the set\'s own keys', () => {
+    const keys = compileFqdn([
+      policy([
+        { sel: { matchName: 'api.models.example.com' }, port: 443 },
+        { sel: { matchPattern: '*.models.example.com' }, port: 8443 },
+        { sel: { matchPattern: '*.hf.co' }, port: 443 },
+      ]),
+    ]);
+    writeKeys(7, keys);
+    const idx = (text: string) => keys.findIndex((k) => k.text === text) + 1;
+    expect(match(7, 'api.models.example.com')).toBe(idx('api.models.example.com'));
+    expect(match(7, 'API.MODELS.example.COM')).toBe(idx('api.models.example.com'));
+    expect(match(7, 'x.models.example.com')).toBe(idx('*.models.example.com'));
+    expect(match(7, 'a.b.models.example.com')).toBe(idx('*.models.example.com'));
+    expect(match(7, 'cdn-lfs.eu.hf.co')).toBe(idx('*.hf.co'));
+    expect(match(7, 'hf.co')).toBe(0);
+    expect(match(7, 'models.example.com')).toBe(0);
+    expect(match(7, 'xhf.co')).toBe(0);
+    expect(match(8, 'api.models.example.com')).toBe(0);
+  });
+
+  test('property: the kernel picks the key src/policy/fqdn.ts lookupFqdn picks, on random policies and names', () => {
+    const label = fc.constantFrom('a', 'b', 'api', 'x', 'B');
+    const sel = fc.record({ wild: fc.boolean(), labels: fc.array(label, { minLength: 1, maxLength: 3 }) });
+    fc.assert(
+      fc.property(fc.array(sel, { minLength: 1, maxLength: 6 }), fc.array(fc.array(label, { minLength: 1, maxLength: 5 }), { minLength: 1, maxLength: 8 }), (sels, names) => {
+        const keys = compileFqdn([policy(sels.map((s) => ({ sel: s.wild ? { matchPattern: `*.${s.labels.join('.')}` } : { matchName: s.labels.join('.') }, port: 443 })))]);
+        writeKeys(3, keys);
+        for (const n of names) {
+          const q = n.join('.');
+          const want = lookupFqdn(keys, q);
+          expect(match(3, q)).toBe(want ? keys.indexOf(want) + 1 : 0);
+        }
+      }),
+      { numRuns: 150 },
+    );
+  });
+});
