@@ -7,6 +7,8 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { packetCost, type PacketCostRow } from './packet-cost.js';
 import { propagation, type PropagationRow } from './propagation.js';
+import { throughput, throughputMarkdown } from './throughput.js';
+import { install, installMarkdown } from './install.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -72,6 +74,20 @@ async function main(): Promise<void> {
     console.log('suite 1: per-packet cost');
     const rows = await packetCost({ quick, log: (l) => console.log(l) });
     save('packet-cost', rows, markdown(rows, m, cmd));
+  }
+  if (want('throughput')) {
+    console.log('suite 2: throughput and latency over veth (sandbox node)');
+    const res = await throughput({ quick, log: (l) => console.log(l) });
+    const md = throughputMarkdown(res, m, cmd);
+    save('throughput', res, md);
+    console.log(md);
+  }
+  if (want('install')) {
+    console.log('suite 3: rule install and update time');
+    const res = await install({ quick, log: (l) => console.log(l) });
+    const md = installMarkdown(res, m, cmd);
+    save('install', res, md);
+    console.log(md);
   }
   if (want('propagation')) {
     console.log('suite 4: propagation (model change -> maps written)');
