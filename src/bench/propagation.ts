@@ -98,10 +98,18 @@ export async function propagation(opts: { quick: boolean; log: (l: string) => vo
             const i = (s * 7) % pods;
             const cur = store.get('Pod', `ns${i % NAMESPACES}`, `pod${i}`);
             if (!cur) throw new Error('pod missing');
-            store.upsert({ ...cur, metadata: { ...cur.metadata, labels: { ...cur.metadata.labels, app: `app${(i + s + 1) % 50}` } } } as KubeObject);
+            // Always a different value: re-setting the current one is no change at all.
+            const now = cur.metadata.labels?.app;
+            let next = `app${(i + s + 1) % 50}`;
+            if (next === now) next = `app${(i + s + 2) % 50}`;
+            store.upsert({ ...cur, metadata: { ...cur.metadata, labels: { ...cur.metadata.labels, app: next } } } as KubeObject);
           }
           // The agent applies on the next turn of the event loop; wait for the new generation.
-          while (agent.datapath.writer.generation === gen) await new Promise((r) => setImmediate(r));
+          const deadline = Date.now() + 10_000;
+          while (agent.datapath.writer.generation === gen) {
+            if (Date.now() > deadline) throw new Error(`propagation: sample ${s} (${change}) wrote nothing to the datapath within 10 s`);
+            await new Promise((r) => setImmediate(r));
+          }
           times.push(Number(process.hrtime.bigint() - t0) / 1e6);
         }
         const row: PropagationRow = { pods, policies: 200, change, samples, p50Ms: pct(times, 50), p99Ms: pct(times, 99), maxMs: Math.max(...times) };
