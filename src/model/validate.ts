@@ -423,12 +423,22 @@ function show(v: unknown): string {
   return typeof v;
 }
 
+/**
+ * A field name as it appears in a path: a name from the document may be
+ * any length (a 1 MB unknown key), and the path is copied into every
+ * message, log line and Event about it.
+ */
+function shortName(name: string): string {
+  return name.length > 64 ? `${name.slice(0, 61)}...` : name;
+}
+
 function field(path: string, name: string): string {
-  return path === '' ? name : `${path}.${name}`;
+  const n = shortName(name);
+  return path === '' ? n : `${path}.${n}`;
 }
 
 function mapKey(path: string, key: string): string {
-  return `${path}[${key}]`;
+  return `${path}[${shortName(key)}]`;
 }
 
 function editDistance(a: string, b: string): number {

@@ -35,11 +35,12 @@
 //
 // Last good wins. A manifest error never removes enforcement that was in
 // place:
-// - a file that cannot be read, is over the size limit, or has a YAML/JSON
+// - a file that cannot be read, is over a limit (MANIFEST_LIMITS: bytes,
+//   YAML tokens and documents; docs/operations.md), or has a YAML/JSON
 //   syntax error keeps every object previously loaded from it;
-// - a document that fails validation keeps the last good version of that
-//   object (matched by kind/namespace/name), and the file's other documents
-//   still load;
+// - a document that fails validation, holds a duplicate key or nests too
+//   deeply keeps the last good version of that object (matched by
+//   kind/namespace/name), and the file's other documents still load;
 // - a DIR that disappears or cannot be read keeps everything.
 // Every such error is logged (file, document, object, field) and reported
 // through onError once, when it first appears; lastErrors() lists the errors
@@ -62,14 +63,35 @@ import { readdir, readFile, realpath, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { Counter, Gauge, type Registry } from 'prom-client';
-import { parseAllDocuments } from 'yaml';
+import { Composer, isCollection, isMap, isScalar, isSeq, Lexer, LineCounter, Parser, type Document } from 'yaml';
 import type { ObjectStore } from '../model/store.js';
 import type { KubeKind, KubeObject } from '../model/types.js';
 import { objectKey } from '../model/types.js';
-import { describeObject, validateObject, ValidationError } from '../model/validate.js';
+import { describeObject, identify, validateObject, ValidationError } from '../model/validate.js';
 import type { Source } from './source.js';
 
 export const MAX_MANIFEST_FILE_BYTES = 10 * 1024 * 1024;
+
+/**
+ * What one manifest file may hold (docs/operations.md, "Limits"). The byte
+ * limit alone does not bound a YAML parse: the yaml package keeps a syntax
+ * tree of about 1 KB per token, so 10 MB of `[],` or of comments took
+ * minutes and gigabytes. Tokens are counted by the yaml lexer (cheap, no
+ * tree) before anything is parsed, which bounds time and memory; a
+ * 10,000-rule policy in block style is about 450,000 tokens.
+ */
+export const MANIFEST_LIMITS = Object.freeze({
+  /** Bytes per file (YAML or JSON); ManifestSourceOptions.maxFileBytes. */
+  MAX_FILE_BYTES: MAX_MANIFEST_FILE_BYTES,
+  /** YAML tokens per file: scalars, indicators, comments, line breaks... */
+  MAX_YAML_TOKENS: 1_000_000,
+  /** YAML documents per file. */
+  MAX_YAML_DOCUMENTS: 10_000,
+  /** Alias expansions per YAML document (the yaml package's maxAliasCount): a "billion laughs" is refused. */
+  MAX_YAML_ALIASES: 100,
+  /** Mappings and sequences nested in one document (YAML and JSON); Kubernetes objects need about 20. */
+  MAX_NESTING_DEPTH: 100,
+});
 
 export type ManifestErrorReason = 'directory' | 'read' | 'too-large' | 'parse' | 'invalid' | 'duplicate';
 
@@ -198,6 +220,158 @@ function errorId(e: ManifestError): string {
 
 function formatBytes(n: number): string {
   return n >= 1024 * 1024 ? `${(n / (1024 * 1024)).toFixed(1)} MB` : `${n} bytes`;
+}
+
+interface TreeProblem {
+  field: string;
+  problem: string;
+}
+
+const DEPTH_PROBLEM = `nested deeper than ${MANIFEST_LIMITS.MAX_NESTING_DEPTH} levels of mappings and sequences (limit MAX_NESTING_DEPTH)`;
+
+/** A key in a field path, short enough for a message. */
+function pathKey(path: string, key: string): string {
+  const k = key.length > 64 ? `${key.slice(0, 61)}...` : key;
+  if (/^[A-Za-z0-9_$-]+$/.test(k)) return path === '' ? k : `${path}.${k}`;
+  return `${path}[${JSON.stringify(k)}]`;
+}
+
+function isListKind(raw: unknown): boolean {
+  return isRecord(raw) && typeof raw['kind'] === 'string' && raw['kind'].endsWith('List');
+}
+
+/**
+ * Counts the tokens of a YAML text with the yaml lexer (no tree is built)
+ * and the nesting of its flow collections; returns why it is refused, or
+ * undefined. Stops at the first limit crossed.
+ */
+function yamlOverLimits(text: string): string | undefined {
+  let tokens = 0;
+  let flow = 0;
+  let offset = 0;
+  for (const tok of new Lexer().lex(text)) {
+    if (++tokens > MANIFEST_LIMITS.MAX_YAML_TOKENS) {
+      return `more than ${MANIFEST_LIMITS.MAX_YAML_TOKENS} YAML tokens (limit MAX_YAML_TOKENS; a 10,000-rule policy needs about 450,000)`;
+    }
+    if (tok === '[' || tok === '{') {
+      if (++flow > MANIFEST_LIMITS.MAX_NESTING_DEPTH) {
+        const before = text.slice(0, offset);
+        const line = before.split('\n').length;
+        const column = offset - before.lastIndexOf('\n');
+        return `${DEPTH_PROBLEM} at line ${line}, column ${column}`;
+      }
+    } else if ((tok === ']' || tok === '}') && flow > 0) {
+      flow--;
+    }
+    // The lexer's control tokens (document, flow end, scalar marks) are not source text.
+    if (tok !== '\x02' && tok !== '\x18' && tok !== '\x1f') offset += tok.length;
+  }
+  return undefined;
+}
+
+/** Duplicate keys and nesting depth of a parsed YAML document, walked without recursion. */
+function yamlTreeProblem(doc: Document.Parsed, at: (offset: number) => string): TreeProblem | undefined {
+  const stack: { node: unknown; depth: number; path: string }[] = [{ node: doc.contents, depth: 0, path: '' }];
+  for (let top = stack.pop(); top !== undefined; top = stack.pop()) {
+    const { node, depth, path } = top;
+    if (!isCollection(node)) continue;
+    if (depth >= MANIFEST_LIMITS.MAX_NESTING_DEPTH) return { field: path, problem: DEPTH_PROBLEM };
+    const children: { node: unknown; depth: number; path: string }[] = [];
+    if (isMap(node)) {
+      const seen = new Map<string, number | undefined>();
+      for (const pair of node.items) {
+        const k: unknown = pair.key;
+        // How toJS names the key: a scalar by its value (null as ''), anything else is not compared.
+        const name = isScalar(k) ? (k.value === null ? '' : String(k.value)) : k === null || k === undefined ? '' : undefined;
+        const p = name === undefined ? pathKey(path, '?') : pathKey(path, name);
+        if (name !== undefined) {
+          const keyAt = isScalar(k) ? k.range?.[0] : undefined;
+          if (seen.has(name)) {
+            const firstAt = seen.get(name);
+            return { field: p, problem: `duplicate key${keyAt !== undefined ? ` at ${at(keyAt)}` : ''}${firstAt !== undefined ? ` (first at ${at(firstAt)})` : ''}: YAML keys must be unique` };
+          }
+          seen.set(name, keyAt);
+        } else {
+          children.push({ node: k, depth: depth + 1, path: p });
+        }
+        children.push({ node: pair.value, depth: depth + 1, path: p });
+      }
+    } else if (isSeq(node)) {
+      node.items.forEach((item, i) => children.push({ node: item, depth: depth + 1, path: `${path}[${i}]` }));
+    }
+    // Depth first, in document order.
+    for (let i = children.length - 1; i >= 0; i--) stack.push(children[i] as { node: unknown; depth: number; path: string });
+  }
+  return undefined;
+}
+
+/** What identify() needs of a document that will not be converted: its kind and name. */
+function yamlIdentity(doc: Document.Parsed): unknown {
+  const get = (...path: string[]): unknown => doc.getIn(path);
+  return { apiVersion: get('apiVersion'), kind: get('kind'), metadata: { name: get('metadata', 'name'), namespace: get('metadata', 'namespace') } };
+}
+
+/**
+ * Duplicate keys and nesting depth of a JSON text JSON.parse accepted,
+ * scanned without recursion (JSON.parse silently keeps the last duplicate).
+ */
+function jsonTreeProblem(text: string): TreeProblem | undefined {
+  interface Frame {
+    keys: Set<string> | null; // null: an array
+    path: string;
+    index: number;
+    key: string;
+    expectKey: boolean;
+  }
+  const stack: Frame[] = [];
+  const childPath = (): string => {
+    const top = stack[stack.length - 1];
+    if (top === undefined) return '';
+    return top.keys !== null ? pathKey(top.path, top.key) : `${top.path}[${top.index}]`;
+  };
+  const n = text.length;
+  let i = 0;
+  while (i < n) {
+    const c = text.charCodeAt(i);
+    if (c === 0x22) {
+      let j = i + 1;
+      let escaped = false;
+      while (j < n) {
+        const d = text.charCodeAt(j);
+        if (d === 0x5c) {
+          escaped = true;
+          j += 2;
+        } else if (d === 0x22) break;
+        else j++;
+      }
+      const top = stack[stack.length - 1];
+      if (top !== undefined && top.keys !== null && top.expectKey) {
+        const raw = text.slice(i + 1, j);
+        const key = escaped ? (JSON.parse(`"${raw}"`) as string) : raw;
+        if (top.keys.has(key)) return { field: pathKey(top.path, key), problem: 'duplicate key: JSON keys must be unique (JSON.parse would keep the last one silently)' };
+        top.keys.add(key);
+        top.key = key;
+        top.expectKey = false;
+      }
+      i = j + 1;
+    } else if (c === 0x7b || c === 0x5b) {
+      const path = childPath();
+      if (stack.length >= MANIFEST_LIMITS.MAX_NESTING_DEPTH) return { field: path, problem: DEPTH_PROBLEM };
+      stack.push({ keys: c === 0x7b ? new Set() : null, path, index: 0, key: '', expectKey: c === 0x7b });
+      i++;
+    } else if (c === 0x7d || c === 0x5d) {
+      stack.pop();
+      i++;
+    } else if (c === 0x2c) {
+      const top = stack[stack.length - 1];
+      if (top !== undefined) {
+        if (top.keys !== null) top.expectKey = true;
+        else top.index++;
+      }
+      i++;
+    } else i++;
+  }
+  return undefined;
 }
 
 function isRecord(v: unknown): v is Record<string, unknown> {
@@ -731,23 +905,24 @@ export class ManifestSource implements Source {
         outcome.errors.push({ reason: 'parse', file: rel, message: `${rel}: invalid JSON: ${errMessage(err)}; the objects loaded from it before are kept` });
         outcome.keepAll = true;
       }
+      const last = docs[0];
+      if (last !== undefined) {
+        // JSON.parse keeps the last of duplicate keys silently; refuse them
+        // (as kubectl's strict validation does), and over-deep nesting.
+        const problem = jsonTreeProblem(text);
+        if (problem !== undefined) {
+          docs.length = 0;
+          this.refuseTree(outcome, rel, 0, last.value, problem);
+        }
+      }
     } else {
-      const parsed = parseAllDocuments(text, { uniqueKeys: true, prettyErrors: true });
-      parsed.forEach((doc, index) => {
-        const first = doc.errors[0];
-        if (first !== undefined) {
-          const msg = first.message.split('\n')[0] ?? first.message;
-          outcome.errors.push({ reason: 'parse', file: rel, document: index + 1, message: `${rel} (document ${index + 1}): invalid YAML: ${msg}; the objects loaded from this file before are kept` });
-          outcome.keepAll = true;
-          return;
-        }
-        try {
-          docs.push({ index, value: doc.toJS({ maxAliasCount: 100 }) as unknown });
-        } catch (err) {
-          outcome.errors.push({ reason: 'parse', file: rel, document: index + 1, message: `${rel} (document ${index + 1}): invalid YAML: ${errMessage(err)}` });
-          outcome.keepAll = true;
-        }
-      });
+      const over = yamlOverLimits(text);
+      if (over !== undefined) {
+        outcome.errors.push({ reason: 'too-large', file: rel, message: `${rel}: ${over}; split it into smaller files (the objects loaded from it before are kept)` });
+        outcome.keepAll = true;
+        return outcome;
+      }
+      this.parseYaml(rel, text, outcome, docs);
     }
     for (const { index, value } of docs) {
       if (value === null || value === undefined) continue; // an empty document (`---` with nothing after it)
@@ -761,6 +936,79 @@ export class ManifestSource implements Source {
       else list.forEach((item, i) => this.take(outcome, rel, item, index, i));
     }
     return outcome;
+  }
+
+  /**
+   * Parses the YAML documents of a file within MANIFEST_LIMITS (the token
+   * count was checked before). Duplicate keys are found here, in one pass
+   * with the nesting depth (the yaml package's own uniqueKeys check is
+   * quadratic in the keys of a mapping: 250,000 keys did not finish in 15
+   * minutes).
+   */
+  private parseYaml(rel: string, text: string, outcome: FileOutcome, docs: { index: number; value: unknown }[]): void {
+    const lines = new LineCounter();
+    const at = (offset: number): string => {
+      const p = lines.linePos(offset);
+      return `line ${p.line}, column ${p.col}`;
+    };
+    // Every YAML error is an Error: without stack traces a file full of
+    // them costs a sixth of the time and memory. Restored before returning.
+    const stackTraceLimit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
+    try {
+      let index = 0;
+      for (const doc of new Composer({ uniqueKeys: false }).compose(new Parser(lines.addNewLine).parse(text), true, text.length)) {
+        if (index >= MANIFEST_LIMITS.MAX_YAML_DOCUMENTS) {
+          outcome.errors.push({
+            reason: 'too-large',
+            file: rel,
+            message: `${rel}: more than ${MANIFEST_LIMITS.MAX_YAML_DOCUMENTS} YAML documents (limit MAX_YAML_DOCUMENTS); split it into smaller files (the objects loaded from it before are kept)`,
+          });
+          outcome.keepAll = true;
+          docs.length = 0;
+          return;
+        }
+        const i = index++;
+        const where = `${rel} (document ${i + 1})`;
+        const first = doc.errors[0];
+        if (first !== undefined) {
+          // The composer catches its own stack overflow on very deep nesting.
+          const msg = first.code === 'RESOURCE_EXHAUSTION' ? `nested too deeply (limit MAX_NESTING_DEPTH, ${MANIFEST_LIMITS.MAX_NESTING_DEPTH} levels)` : first.message;
+          outcome.errors.push({ reason: 'parse', file: rel, document: i + 1, message: `${where}: invalid YAML: ${msg} at ${at(first.pos[0])}; the objects loaded from this file before are kept` });
+          outcome.keepAll = true;
+          continue;
+        }
+        const problem = yamlTreeProblem(doc, at);
+        if (problem !== undefined) {
+          this.refuseTree(outcome, rel, i, yamlIdentity(doc), problem);
+          continue;
+        }
+        try {
+          docs.push({ index: i, value: doc.toJS({ maxAliasCount: MANIFEST_LIMITS.MAX_YAML_ALIASES }) as unknown });
+        } catch (err) {
+          const msg = err instanceof RangeError ? `nested too deeply through aliases (limit MAX_NESTING_DEPTH, ${MANIFEST_LIMITS.MAX_NESTING_DEPTH} levels)` : errMessage(err);
+          const hint = /alias count/i.test(msg) ? ` (limit MAX_YAML_ALIASES, ${MANIFEST_LIMITS.MAX_YAML_ALIASES})` : '';
+          outcome.errors.push({ reason: 'parse', file: rel, document: i + 1, message: `${where}: invalid YAML: ${msg}${hint}; the objects loaded from this file before are kept` });
+          outcome.keepAll = true;
+        }
+      }
+    } finally {
+      Error.stackTraceLimit = stackTraceLimit;
+    }
+  }
+
+  /**
+   * A document that parses but holds a duplicate key or nests too deeply:
+   * refused like an object that fails validation (the last good version of
+   * that object is kept, the file's other documents load), naming the
+   * object when its kind and name can be read.
+   */
+  private refuseTree(outcome: FileOutcome, rel: string, index: number, raw: unknown, problem: TreeProblem): void {
+    const id = identify(raw);
+    const e = new ValidationError({ file: rel, index }, id, [problem]);
+    outcome.errors.push({ reason: 'invalid', file: rel, document: index + 1, ...(e.object !== undefined ? { object: e.object } : {}), field: e.field, message: e.message, validation: e });
+    if (e.key !== undefined && !isListKind(raw)) outcome.keepKeys.add(e.key);
+    else outcome.keepAll = true;
   }
 
   /**
