@@ -11,6 +11,11 @@
 //     the agent governs it, makes allowed and denied calls of its own;
 //   - policy churn: every 6 s a policy is edited (a port added or removed) or
 //     a policy selecting part of the churning pods is created or deleted.
+//     Policy files are replaced atomically (write, then rename), as editors
+//     and kubectl-style tools save: a file rewritten in place (truncated,
+//     then written) can be scanned while empty, which deletes its policy
+//     until the next scan (the first soak run caught one denied send going
+//     through that way).
 // Every 10 s it samples the agent's RSS (VmRSS) and open fds (/proc/PID),
 // and `weir status` over the local API (map entries, generation, pods). At
 // the end the churn is undone (churning pods removed, policies back as they
@@ -33,6 +38,7 @@ import { cgroupIdOf } from '../datapath/cgroups.js';
 import { cleanup } from '../datapath/cleanup.js';
 import { BpfMap } from '../native/index.js';
 import { Prober, startProbeServer, startTcpStream, type ProbeProcess, type ProberRequest } from '../sandbox/probe-runner.js';
+import { writeFileAtomic } from '../sandbox/manifests.js';
 import { Sandbox, type SandboxPod } from '../sandbox/sandbox.js';
 import type { SandboxSpec } from '../sandbox/spec.js';
 
@@ -274,7 +280,7 @@ async function main(): Promise<number> {
   try {
     sb.writeManifests(manifests);
     const ports = { 'team-a': [8080], 'team-b': [8080] } as Record<string, number[]>;
-    for (const ns of ['team-a', 'team-b']) writeFileSync(join(manifests, `base-${ns}.yaml`), basePolicy(ns, ports[ns] ?? [8080]));
+    for (const ns of ['team-a', 'team-b']) writeFileAtomic(manifests, `base-${ns}.yaml`, basePolicy(ns, ports[ns] ?? [8080]));
     servers.push(await startProbeServer(sb, { host: 'svc' }, { tcp: [8080, 9000], udp: [514] }));
     servers.push(await startProbeServer(sb, { host: 'internet' }, { tcp: [443], udp: [53] }));
 
@@ -432,12 +438,12 @@ async function main(): Promise<number> {
         if (rnd(2) === 0) {
           const cur = ports[ns] ?? [8080];
           ports[ns] = cur.includes(9000) ? [8080] : [8080, 9000];
-          writeFileSync(join(manifests, `base-${ns}.yaml`), basePolicy(ns, ports[ns]));
+          writeFileAtomic(manifests, `base-${ns}.yaml`, basePolicy(ns, ports[ns]));
         } else if (variants.has(ns)) {
           rmSync(join(manifests, `variant-${ns}.yaml`));
           variants.delete(ns);
         } else {
-          writeFileSync(join(manifests, `variant-${ns}.yaml`), variantPolicy(ns, `198.51.100.${1 + rnd(200)}/32`));
+          writeFileAtomic(manifests, `variant-${ns}.yaml`, variantPolicy(ns, `198.51.100.${1 + rnd(200)}/32`));
           variants.add(ns);
         }
         churn.policyEdits++;
@@ -458,7 +464,7 @@ async function main(): Promise<number> {
       churn.podsRemoved++;
     }
     for (const ns of ['team-a', 'team-b']) {
-      writeFileSync(join(manifests, `base-${ns}.yaml`), basePolicy(ns, [8080]));
+      writeFileAtomic(manifests, `base-${ns}.yaml`, basePolicy(ns, [8080]));
       if (variants.delete(ns)) rmSync(join(manifests, `variant-${ns}.yaml`));
     }
     let final = await status();
@@ -529,6 +535,11 @@ async function main(): Promise<number> {
       ok: tot.failures.length === 0 && mapsBack && kernelExact && agentAlive && lateOrLost === 0 && churn.notGovernedInTime === 0,
       samples,
     };
+    if (!result.ok) {
+      const kept = join(tmpdir(), `weir-${name}-agent.log`);
+      writeFileSync(kept, logText);
+      log(`the agent's log is kept in ${kept}`);
+    }
     mkdirSync(outDir, { recursive: true });
     writeFileSync(join(outDir, `${name}.json`), `${JSON.stringify(result, null, 2)}\n`);
     writeFileSync(join(outDir, `${name}.md`), markdown(result));
