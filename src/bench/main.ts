@@ -7,6 +7,8 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { packetCost, type PacketCostRow } from './packet-cost.js';
 import { propagation, type PropagationRow } from './propagation.js';
+import { footprint, footprintMarkdown } from './footprint.js';
+import { events, eventsMarkdown } from './events.js';
 import { throughput, throughputMarkdown } from './throughput.js';
 import { install, installMarkdown } from './install.js';
 
@@ -93,6 +95,20 @@ async function main(): Promise<void> {
     console.log('suite 4: propagation (model change -> maps written)');
     const rows = await propagation({ quick, log: (l) => console.log(l) });
     save('propagation', rows, propagationMarkdown(rows, m, cmd));
+  }
+  if (want('footprint')) {
+    console.log('suite 5: footprint (agent RSS and CPU, BPF map memory)');
+    const res = await footprint({ quick, log: (l) => console.log(l) });
+    const md = footprintMarkdown(res, m, cmd);
+    save('footprint', res, md);
+    console.log(md);
+  }
+  if (want('events')) {
+    console.log('suite 6: event pipeline (violation events per second, loss accounting)');
+    const res = await events({ quick, log: (l) => console.log(l) });
+    const md = eventsMarkdown(res, m, cmd);
+    save('events', res, md);
+    console.log(md);
   }
   console.log(`\nresults in ${out} (${((Date.now() - started) / 1000).toFixed(0)} s)`);
 }
