@@ -218,10 +218,6 @@ export class Agent {
     if (deferAttach) this.log.warn({ migrations: this.datapath.migrations.map((m) => m.map) }, 'new policy maps: the pinned programs keep enforcing until the first policy is written');
     else this.attachDatapath();
     this.datapath.onEndpointRetired = (ep, final) => this.retireEndpoint(ep, final);
-    this.datapath.startEvents(
-      (events) => this.onEvents(events),
-      (type) => this.metrics.unknownRecords.inc({ type: String(type) }),
-    );
     if (this.opts.metricsAddr) await this.listen(this.opts.metricsAddr);
     if (this.opts.apiSocket) {
       this.api = new LocalApi(
@@ -249,6 +245,13 @@ export class Agent {
       if (first === null) throw new Error('the first policy could not be written to the new maps; the pinned programs keep enforcing the previous policy');
       this.attachDatapath();
     }
+    // Events are read once the pods are known: the pinned ring buffer holds
+    // what happened while no agent ran, and those events are reported with
+    // their pod, workload and policy, not as unknown.
+    this.datapath.startEvents(
+      (events) => this.onEvents(events),
+      (type) => this.metrics.unknownRecords.inc({ type: String(type) }),
+    );
     this.log.info({ generation: this.datapath.writer.generation, pods: this.endpoints.size }, 'agent ready');
   }
 
