@@ -19,14 +19,16 @@
 //
 // A pinned map whose layout differs from this run's (a capacity flag
 // changed, or a new build changed a map) cannot be reused: libbpf refuses
-// it. It is migrated instead (planMigrations, carryOver): the new map is created under
+// it. It is migrated instead (planMigrations, carryOver): the new map is
+// created under
 //   <pinDir>/staging/<map>
-// and what fits is copied over; the old pin keeps the old programs'
-// map until attach() has moved every link to the new programs, and only
-// then is the staging pin renamed over it (the old map dies with the old
-// programs). If a policy map could not be copied whole, or a policy map is
-// new while links of a previous agent are pinned, the links stay on the old
-// programs until the first policy is written (attachAfterFirstApply).
+// and what fits is copied over; the old pin keeps the old programs' map
+// until attach() has moved every link to the new programs, and only then is
+// the staging pin renamed over it (the old map dies with the old programs).
+// If a policy map could not be copied whole, or a policy map is new while
+// links of a previous agent are pinned, every policy map is migrated and the
+// links stay on the old programs until the first policy is written
+// (attachAfterFirstApply).
 import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, rmdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -142,7 +144,7 @@ export interface AttachResult {
   linkId: number;
 }
 
-/** A pinned map of another layout, replaced by this run's (see migrateMaps). */
+/** A pinned map of another layout, replaced by this run's (see planMigrations, carryOver). */
 export interface MapMigration {
   map: MapName;
   /**
