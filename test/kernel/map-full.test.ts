@@ -416,3 +416,49 @@ describe('a 100,000-rule policy, with capacities that fit it', () => {
     }
   });
 });
+
+describe('a set that does not fit on the first apply after a restart', () => {
+  it('keeps the version the previous agent wrote (its adopted nodes included), and later applies reuse and release them exactly', async () => {
+    // 9 usable nodes: room for the adopted version (5 nodes) and a small new one (4) at once.
+    const h = await harness({ nodes: 10, classes: 4, sets: 4 });
+    try {
+      const pod = addPod(h, 'r', 'pod', { app: 'r' }, '10.244.5.1');
+      h.bed.add(egressPolicy('r', 'r', 'r', manyNodes(3)));
+      expect(h.sync().failedSets).toEqual([]);
+      const id = h.writer.setIdOf('EgressPolicy/r/r') as number;
+      const nodes = h.writer.usage().weir_nodes?.used as number;
+      expect(h.send(pod, { src: '10.244.5.1', dst: '21.2.1.1', dport: 80 })).toBe(1);
+      // A new agent adopts the pinned maps; the policy has grown beyond weir_nodes meanwhile.
+      const m = (n: Parameters<KernelBed['dp']['map']>[0]): WritableMap => h.bed.dp.map(n) as unknown as WritableMap;
+      const logs: LogLine[] = [];
+      const next = new StateWriter(
+        { pods: m('weir_pods'), podIps: m('weir_pod_ips'), sets: m('weir_sets'), nodes: m('weir_nodes'), classes: m('weir_classes') },
+        { graceMs: 0, maxEndpoints: h.bed.dp.capacities().endpoints },
+        pino({ level: 'debug' }, { write: (l: string) => logs.push(JSON.parse(l) as LogLine) }),
+      );
+      expect(next.adopt()).toMatchObject({ sets: 1, nodes });
+      h.bed.add(egressPolicy('r', 'r', 'r', manyNodes(12)));
+      const state = h.bed.engine.compute(h.bed.store);
+      const binding = (): PodBinding => ({ uid: pod.uid, namespace: 'r', name: 'pod', cgroupId: cgroupIdOf(pod.dir), setKey: 'EgressPolicy/r/r', ips: ['10.244.5.1'] });
+      const res = next.apply(state, [binding()]);
+      expect(res.failedSets.map((f) => f.key)).toEqual(['EgressPolicy/r/r']);
+      expect(res.failedSets[0]?.error).toMatch(/weir_nodes is full/);
+      // The adopted set and every node it reaches stay: same slot, same verdicts.
+      expect(next.setIdOf('EgressPolicy/r/r')).toBe(id);
+      expect(next.usage().weir_nodes?.used).toBe(nodes);
+      expect(h.send(pod, { src: '10.244.5.1', dst: '21.2.1.1', dport: 80 })).toBe(1);
+      expect(h.send(pod, { src: '10.244.5.1', dst: '26.7.1.1', dport: 80 })).toBe(0);
+      // Back to a policy that fits beside the old version (a set is replaced
+      // before its old version is released): written, and what the adopted
+      // version held is released.
+      h.bed.add(egressPolicy('r', 'r', 'r', manyNodes(2)));
+      const ok = next.apply(h.bed.engine.compute(h.bed.store), [binding()]);
+      expect(ok.failedSets).toEqual([]);
+      expect(next.usage().weir_nodes?.used).toBe(1 + 2 + 1);
+      expect(h.send(pod, { src: '10.244.5.1', dst: '21.2.1.1', dport: 80 })).toBe(1);
+      expect(h.send(pod, { src: '10.244.5.1', dst: '22.3.1.1', dport: 80 })).toBe(0);
+    } finally {
+      h.close();
+    }
+  });
+});
