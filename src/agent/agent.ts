@@ -492,8 +492,19 @@ export class Agent {
     this.state = state;
     this.policyModes = new Map(state.policies.map((p) => [p.id, p.mode]));
     for (const f of res.failedSets) {
-      this.metrics.syncErrors.inc({ kind: 'compile' });
-      this.log.error({ policies: f.key.split('\n'), error: f.error }, 'policy set could not be compiled; its last good version stays in force');
+      this.metrics.syncErrors.inc({ kind: 'datapath' });
+      this.log.error({ policies: f.key.split('\n'), error: f.error }, 'policy set could not be written; its last good version stays in force (a set never written drops its pods\' egress as no-policy-set)');
+    }
+    for (const f of res.failedPods) {
+      this.metrics.syncErrors.inc({ kind: 'datapath' });
+      this.log.error({ namespace: f.namespace, pod: f.name, uid: f.uid, error: f.error }, 'pod could not be written to the datapath; retrying');
+    }
+    // Slots freed by removals come back after the writer's grace period: try again then.
+    if (res.failedSets.length + res.failedPods.length > 0 && !this.retryTimer && !this.stopped) {
+      this.retryTimer = setTimeout(() => {
+        this.retryTimer = null;
+        void this.reconcile();
+      }, 2_500);
     }
     const byUid = new Map(state.pods.map((p) => [p.uid, p]));
     const eps = new Map<number, EndpointLabels>();
