@@ -26,6 +26,7 @@
 // default 20 minutes, soak-<N>min otherwise, or --name). Exit 1 if a check
 // fails. Needs root.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createServer } from 'node:net';
 import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, release, tmpdir, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -57,6 +58,8 @@ interface Sample {
   /** Seconds since the churn started. */
   t: number;
   rssKiB: number;
+  /** The agent's V8 heap in use (nodejs_heap_size_used_bytes from its /metrics), KiB. */
+  heapUsedKiB: number;
   fds: number;
   maps: Record<string, number>;
   generation: number;
@@ -284,11 +287,23 @@ async function main(): Promise<number> {
     servers.push(await startProbeServer(sb, { host: 'svc' }, { tcp: [8080, 9000], udp: [514] }));
     servers.push(await startProbeServer(sb, { host: 'internet' }, { tcp: [443], udp: [53] }));
 
+    const metricsPort = await new Promise<number>((res) => {
+      const srv = createServer();
+      srv.listen(0, '127.0.0.1', () => {
+        const a = srv.address();
+        srv.close(() => res(typeof a === 'object' && a ? a.port : 0));
+      });
+    });
+    const heapUsedKiB = async (): Promise<number> => {
+      const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+      const line = text.split('\n').find((l) => l.startsWith('nodejs_heap_size_used_bytes '));
+      return line ? Math.round(Number(line.split(' ')[1]) / 1024) : -1;
+    };
     const agentLog = join(work, 'agent.log');
     const logStream = createWriteStream(agentLog);
     agent = spawn(
       process.execPath,
-      [WEIR, 'agent', '--manifests', manifests, '--node-name', sb.nodeName, '--cgroup-root', sb.cgroupRoot, '--bpffs', BPFFS, '--pin-dir', pinDir, '--metrics-addr', 'off', '--api-socket', socket],
+      [WEIR, 'agent', '--manifests', manifests, '--node-name', sb.nodeName, '--cgroup-root', sb.cgroupRoot, '--bpffs', BPFFS, '--pin-dir', pinDir, '--metrics-addr', `127.0.0.1:${metricsPort}`, '--api-socket', socket],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
     agent.stdout?.pipe(logStream);
@@ -342,6 +357,7 @@ async function main(): Promise<number> {
       const sample: Sample = {
         t: Math.round((Date.now() - churnStart) / 1000),
         rssKiB: rssKiB(pid),
+        heapUsedKiB: await heapUsedKiB(),
         fds: openFds(pid),
         maps: Object.fromEntries(MAPS.map((m) => [m, s.maps[m]?.used ?? -1])),
         generation: s.policy.generation,
@@ -451,7 +467,7 @@ async function main(): Promise<number> {
       if (now >= nextSample) {
         nextSample = now + sampleMs;
         const s = await take();
-        log(`t=${s.t}s rss=${(s.rssKiB / 1024).toFixed(1)} MiB fds=${s.fds} maps=${JSON.stringify(s.maps)} gen=${s.generation} pods=${s.podsEnforced} allowed=${s.allowedCalls} failures=${s.allowedFailures}`);
+        log(`t=${s.t}s rss=${(s.rssKiB / 1024).toFixed(1)} MiB heap=${(s.heapUsedKiB / 1024).toFixed(1)} MiB fds=${s.fds} maps=${JSON.stringify(s.maps)} gen=${s.generation} pods=${s.podsEnforced} allowed=${s.allowedCalls} failures=${s.allowedFailures}`);
       }
       await sleep(100);
     }
@@ -507,6 +523,7 @@ async function main(): Promise<number> {
     const logLines = logText.split('\n').filter(Boolean);
     const errorLines = logLines.filter((l) => l.includes('"level":"error"') || l.includes('"level":"fatal"'));
     const rss = samples.map((s) => s.rssKiB);
+    const heap = samples.map((s) => s.heapUsedKiB);
     const fds = samples.map((s) => s.fds);
     const mapsBack = MAPS.every((m) => finalMaps[m] === baseMaps[m]);
     const kernelExact = kernelCheck.every((k) => k.allowedCalls === k.kernelSocketAllow && k.deniedCalls === k.kernelSocketDrop && k.kernelPacketDrop === 0);
@@ -518,6 +535,7 @@ async function main(): Promise<number> {
       minutes,
       sampleSeconds: sampleMs / 1000,
       rssKiB: { first: rss[0], last: rss.at(-1), max: Math.max(...rss) },
+      heapUsedKiB: { first: heap[0], last: heap.at(-1), max: Math.max(...heap) },
       fds: { first: fds[0], last: fds.at(-1), max: Math.max(...fds) },
       maps: { baseline: baseMaps, final: finalMaps, backToBaseline: mapsBack },
       generation: { first: samples[0]?.generation, last: last.generation },
@@ -568,6 +586,7 @@ function markdown(r: {
   minutes: number;
   sampleSeconds: number;
   rssKiB: { first?: number; last?: number; max: number };
+  heapUsedKiB: { first?: number; last?: number; max: number };
   fds: { first?: number; last?: number; max: number };
   maps: { baseline: Record<string, number>; final: Record<string, number>; backToBaseline: boolean };
   generation: { first?: number; last: number };
@@ -589,6 +608,7 @@ function markdown(r: {
     '| agent | first | last | max |',
     '|---|---:|---:|---:|',
     `| RSS (MiB) | ${mib(r.rssKiB.first)} | ${mib(r.rssKiB.last)} | ${mib(r.rssKiB.max)} |`,
+    `| V8 heap used (MiB) | ${mib(r.heapUsedKiB.first)} | ${mib(r.heapUsedKiB.last)} | ${mib(r.heapUsedKiB.max)} |`,
     `| open fds | ${r.fds.first ?? '–'} | ${r.fds.last ?? '–'} | ${r.fds.max} |`,
     '',
     `Churn: ${r.churn.podsAdded} pods added, ${r.churn.podsRemoved} removed, ${r.churn.policyEdits} policy edits; policy generation ${r.generation.first ?? '–'} → ${r.generation.last}. ` +
