@@ -41,7 +41,7 @@ export interface VerifyFailure {
   reason: string;
 }
 
-interface VerifySummary {
+export interface VerifySummary {
   files: string[];
   /** Records that verified. */
   records: number;
@@ -151,9 +151,9 @@ export async function verifyAuditLog(path: string, opts: VerifyOptions = {}): Pr
   return verifyFiles(await auditLogFiles(path), opts);
 }
 
-/** Verifies the given files as one chain, in the order given (oldest first). */
-export async function verifyFiles(files: string[], opts: VerifyOptions = {}): Promise<VerifyResult> {
-  const summary: VerifySummary = {
+/** The summary of files of which nothing has been verified yet. */
+export function emptySummary(files: string[]): VerifySummary {
+  return {
     files,
     records: 0,
     firstSeq: null,
@@ -165,6 +165,11 @@ export async function verifyFiles(files: string[], opts: VerifyOptions = {}): Pr
     lastCheckpointSeq: null,
     externalCheckpoint: false,
   };
+}
+
+/** Verifies the given files as one chain, in the order given (oldest first). */
+export async function verifyFiles(files: string[], opts: VerifyOptions = {}): Promise<VerifyResult> {
+  const summary = emptySummary(files);
   const cp = opts.checkpoint;
   const cpRecordHash = cp?.record ? sha256Hex(canonicalJson(cp.record)) : null;
   const lines = new Peekable(readLines(files));

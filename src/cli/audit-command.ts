@@ -2,7 +2,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import { canonicalJson } from '../audit/canonical-json.js';
 import { checkpointSignatureValid, parseRecordLine } from '../audit/record.js';
-import { auditLogFiles, verifyFiles, type ExternalCheckpoint, type VerifyResult } from '../audit/verify.js';
+import { auditLogFiles, emptySummary, verifyFiles, type ExternalCheckpoint, type VerifyResult } from '../audit/verify.js';
 import { parse, UsageError, type Command } from './main.js';
 
 const help = `Subcommands:
@@ -57,16 +57,7 @@ export const auditCommand: Command = {
       // The operator's own copy does not check out: nothing in the log can be trusted against it.
       result = {
         ok: false,
-        files,
-        records: 0,
-        firstSeq: null,
-        lastSeq: null,
-        head: null,
-        start: null,
-        checkpoints: 0,
-        signedCheckpoints: 0,
-        lastCheckpointSeq: null,
-        externalCheckpoint: false,
+        ...emptySummary(files),
         failure: { file: values.checkpoint ?? '', line: 1, seq: checkpoint.record.seq, reason: 'the external checkpoint signature does not verify with the given key' },
         lastGood: null,
       };
