@@ -38,6 +38,8 @@ int weir_egress(struct __sk_buff *skb)
 		return 1;
 	if (f.fragment)
 		weir_stat_inc(WEIR_STAT_FRAGMENTS);
+	if (f.l4_unknown)
+		weir_stat_inc(WEIR_STAT_L4_UNKNOWN);
 
 	weir_judge(pod, &f, &d, &generation);
 
@@ -48,6 +50,16 @@ int weir_egress(struct __sk_buff *skb)
 		if (weir_ct_is_reply(&k)) {
 			d.verdict = WEIR_VERDICT_REPLY;
 			d.reason = WEIR_REASON_REPLY;
+		} else {
+			/* What weir_ct would have let through as a reply: a
+			 * TCP segment that is not a bare SYN, any datagram, an
+			 * ICMP echo reply. */
+			int maybe_reply = f.proto == IPPROTO_UDP || f.proto == IPPROTO_SCTP ||
+					  (f.proto == IPPROTO_TCP && (l4.tcp_flags & (WEIR_TCP_SYN | WEIR_TCP_ACK)) != WEIR_TCP_SYN) ||
+					  (f.proto == IPPROTO_ICMP && l4.icmp_type == 0) ||
+					  (f.proto == IPPROTO_ICMPV6 && l4.icmp_type == 129);
+
+			weir_blame_full_ct(&d, maybe_reply);
 		}
 	}
 

@@ -68,7 +68,7 @@ int weir_ingress(struct __sk_buff *skb)
 		return 1;
 	if (skb->ifindex == WEIR_LOOPBACK_IFINDEX)
 		return 1;
-	if (weir_parse_skb(skb, &f, &l4) || f.fragment)
+	if (weir_parse_skb(skb, &f, &l4) || f.fragment || f.l4_unknown)
 		return 1;
 	if (weir_is_loopback(&f))
 		return 1;

@@ -79,6 +79,13 @@ static __always_inline int weir_sock_verdict(struct bpf_sock_addr *ctx, __u8 fam
 		if (f.sport && weir_ct_is_reply(&k)) {
 			d.verdict = WEIR_VERDICT_REPLY;
 			d.reason = WEIR_REASON_REPLY;
+		} else {
+			/* A send from a bound port may answer an inbound flow. */
+			weir_blame_full_ct(&d, f.sport && (hook == WEIR_HOOK_SENDMSG4 || hook == WEIR_HOOK_SENDMSG6));
+			/* Its own address may be the one that did not fit. */
+			if ((pod->flags & WEIR_POD_F_ADDR_MISSING) &&
+			    (d.reason == WEIR_REASON_DEFAULT_DENY || d.reason == WEIR_REASON_AUDIT_DEFAULT_DENY))
+				d.reason = WEIR_REASON_MAP_FULL;
 		}
 	}
 	/* An unconnected UDP send that opens a flow: remember it on the socket

@@ -80,6 +80,9 @@ Napi::Object AbiInfo(Napi::Env env) {
   CONST(WEIR_REASON_AUDIT_DENY_RULE);
   CONST(WEIR_REASON_AUDIT_DEFAULT_DENY);
   CONST(WEIR_REASON_NO_POLICY_SET);
+  CONST(WEIR_REASON_L4_UNKNOWN);
+  CONST(WEIR_REASON_NOT_COMPILED);
+  CONST(WEIR_REASON_MAP_FULL);
   CONST(WEIR_REASON__MAX);
 
   // enum weir_hook
@@ -101,6 +104,7 @@ Napi::Object AbiInfo(Napi::Env env) {
   FIELD(weir_pod_value, flags);
   FIELD(weir_pod_value, _pad);
   CONST(WEIR_POD_F_TRACK_INGRESS);
+  CONST(WEIR_POD_F_ADDR_MISSING);
 
   STRUCT(weir_pod_ip_key);
   FIELD(weir_pod_ip_key, family);
@@ -117,6 +121,7 @@ Napi::Object AbiInfo(Napi::Env env) {
   CONST(WEIR_SET_F_VALID);
   CONST(WEIR_SET_F_E_ISOLATED);
   CONST(WEIR_SET_F_A_ISOLATED);
+  CONST(WEIR_SET_F_NOT_COMPILED);
 
   CONST(WEIR_TRIE_STRIDE);
   CONST(WEIR_TRIE_FANOUT);
@@ -155,6 +160,7 @@ Napi::Object AbiInfo(Napi::Env env) {
   CONST(WEIR_STAT_CT_INSERT_FAILED);
   CONST(WEIR_STAT_AGG_INSERT_FAILED);
   CONST(WEIR_STAT_FRAGMENTS);
+  CONST(WEIR_STAT_L4_UNKNOWN);
   CONST(WEIR_STAT__MAX);
 
   STRUCT(weir_ct_key);
@@ -226,6 +232,12 @@ Napi::Object AbiInfo(Napi::Env env) {
   FIELD(weir_sk_flow, last_sent_ns);
   STRUCT(weir_sk_flows);
   FIELD(weir_sk_flows, slot);
+
+  STRUCT(weir_node_state);
+  FIELD(weir_node_state, flags);
+  FIELD(weir_node_state, _pad);
+  FIELD(weir_node_state, updated_ns);
+  CONST(WEIR_NODE_F_CT_FULL);
 
   STRUCT(weir_config);
   FIELD(weir_config, pod_level_lo);

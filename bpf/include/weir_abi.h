@@ -41,7 +41,20 @@ enum weir_reason {
 	WEIR_REASON_AUDIT_DENY_RULE = 6,
 	WEIR_REASON_AUDIT_DEFAULT_DENY = 7,
 	WEIR_REASON_NO_POLICY_SET = 8,	/* pod's set id has no entry: fail closed */
-	WEIR_REASON__MAX = 9,
+	/* The transport header could not be read (truncated, or more IPv6
+	 * extension headers than the parser walks): judged as if it went to
+	 * any port of its protocol (any protocol when even that is unknown),
+	 * so it passes only where every port would pass. */
+	WEIR_REASON_L4_UNKNOWN = 9,
+	/* The pod's policy never compiled; its set was written fail closed
+	 * (isolated, nothing allowed) until a version compiles. */
+	WEIR_REASON_NOT_COMPILED = 10,
+	/* Would be a default-deny drop, but a map the decision depends on is
+	 * full, so it may be a reply or own-address packet whose entry could
+	 * not be kept (weir_ct evicting, weir_pod_ips missing the pod's
+	 * address): not reported as a policy decision. */
+	WEIR_REASON_MAP_FULL = 11,
+	WEIR_REASON__MAX = 12,
 };
 
 /* Which program produced a verdict or event. */
@@ -80,6 +93,7 @@ struct weir_pod_value {
 _Static_assert(sizeof(struct weir_pod_value) == 16, "weir_pod_value");
 
 #define WEIR_POD_F_TRACK_INGRESS 0x1	/* record inbound flows for replies */
+#define WEIR_POD_F_ADDR_MISSING  0x2	/* an own address did not fit in weir_pod_ips */
 
 /*
  * weir_pod_ips: HASH, key = one address of a pod on this node (its
@@ -123,6 +137,7 @@ _Static_assert(sizeof(struct weir_set_value) == 16, "weir_set_value");
 #define WEIR_SET_F_VALID      0x1	/* set id in use */
 #define WEIR_SET_F_E_ISOLATED 0x2	/* an Enforce policy selects the pods */
 #define WEIR_SET_F_A_ISOLATED 0x4	/* an Audit policy selects the pods */
+#define WEIR_SET_F_NOT_COMPILED 0x8	/* written fail closed: the policy never compiled */
 
 /* ---- destination trie (multibit, stride 8) ---------------------------- */
 
@@ -204,7 +219,8 @@ enum weir_stat {
 	WEIR_STAT_CT_INSERT_FAILED = 5,
 	WEIR_STAT_AGG_INSERT_FAILED = 6,
 	WEIR_STAT_FRAGMENTS = 7,	/* non-first fragments judged by address */
-	WEIR_STAT__MAX = 8,
+	WEIR_STAT_L4_UNKNOWN = 8,	/* IP header read, transport header not */
+	WEIR_STAT__MAX = 9,
 };
 
 /* ---- conntrack for inbound flows --------------------------------------- */
@@ -340,6 +356,25 @@ struct weir_sk_flows {
 	struct weir_sk_flow slot[WEIR_SK_FLOW_SLOTS];
 };
 _Static_assert(sizeof(struct weir_sk_flows) == 32 * WEIR_SK_FLOW_SLOTS, "weir_sk_flows");
+
+/* ---- node state (written by the agent at run time) ------------------------- */
+
+/*
+ * weir_node: ARRAY with one element (key 0). Facts about the node that the
+ * programs need at run time and that are not policy: today, whether
+ * weir_ct is full of live flows (the agent walks it, deletes idle entries
+ * and sets WEIR_NODE_F_CT_FULL at 90% of capacity, clears it below 80%).
+ * While set, a default-deny drop of a packet that could be a reply is
+ * reported with WEIR_REASON_MAP_FULL instead of a policy reason.
+ */
+struct weir_node_state {
+	__u32 flags;		/* WEIR_NODE_F_* */
+	__u32 _pad;
+	__u64 updated_ns;	/* bpf_ktime_get_ns() clock of the agent's last write */
+};
+_Static_assert(sizeof(struct weir_node_state) == 16, "weir_node_state");
+
+#define WEIR_NODE_F_CT_FULL 0x1
 
 /* ---- per-node settings ---------------------------------------------------- */
 

@@ -109,6 +109,22 @@ struct {
 } weir_sk_owner SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct weir_node_state);
+} weir_node SEC(".maps");
+
+/* Is a node-state flag (WEIR_NODE_F_*) set? Read only on the drop path. */
+static __always_inline int weir_node_flag(__u32 flag)
+{
+	__u32 zero = 0;
+	struct weir_node_state *n = bpf_map_lookup_elem(&weir_node, &zero);
+
+	return n && (n->flags & flag);
+}
+
+struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
@@ -130,10 +146,16 @@ struct weir_flow {
 	__u8 proto;
 	__u8 has_ports;		/* L4 ports known (TCP/UDP/SCTP first fragment) */
 	__u8 fragment;		/* non-first fragment: judged by address */
+	__u8 l4_unknown;	/* WEIR_L4_* : transport header not read */
+	__u8 _pad[3];
 	__u16 sport;
 	__u16 dport;
 	__u8 src[16];
 	__u8 dst[16];
 };
+
+/* weir_flow.l4_unknown: why the transport header is not known. */
+#define WEIR_L4_PORTS 1		/* protocol known, its ports not (truncated) */
+#define WEIR_L4_PROTO 2		/* protocol not known (extension header chain too long) */
 
 #endif /* WEIR_COMMON_H */

@@ -91,12 +91,31 @@ static __always_inline int weir_parse_fast(struct __sk_buff *skb, struct weir_fl
 	return 1;
 }
 
+/* Is this next-header value one of the IPv6 extension headers walked? */
+static __always_inline int weir_ipv6_is_ext(__u8 nh)
+{
+	return nh == WEIR_NEXTHDR_HOP || nh == WEIR_NEXTHDR_ROUTING || nh == WEIR_NEXTHDR_DEST ||
+	       nh == WEIR_NEXTHDR_FRAGMENT || nh == WEIR_NEXTHDR_AUTH;
+}
+
 /*
  * Parse the packet a cgroup_skb program sees (it starts at the IP header).
  * The general path uses bpf_skb_load_bytes so that non-linear skbs (GSO,
  * paged data), IP options and IPv6 extension headers parse the same way.
- * Returns 0 on success, -1 for a packet that is not IPv4/IPv6 or is
- * truncated.
+ *
+ * Returns -1 only when the IP header itself cannot be read (not IPv4/IPv6,
+ * or truncated): the kernel would not route such a packet as a pod's
+ * egress either. Once the IP header is read, the result is 0 and what
+ * could not be read past it is said in f->l4_unknown, never hidden:
+ *   WEIR_L4_PROTO  the extension header chain is longer than
+ *                  WEIR_IPV6_EXT_MAX or runs past the packet: the protocol
+ *                  is not known;
+ *   WEIR_L4_PORTS  the protocol is known but its first bytes are not there
+ *                  (TCP/UDP/SCTP ports need 4, ICMP type and id need 8).
+ * The policy then judges such a packet as going to every port of its
+ * protocol (of every protocol for WEIR_L4_PROTO), so it passes only where
+ * any port would (bpf/lib/policy.h). A first fragment needs only the 4
+ * bytes of ports: the TCP flags (byte 13) are read when present, else 0.
  */
 static __always_inline int weir_parse_skb(struct __sk_buff *skb, struct weir_flow *f, struct weir_l4 *l4)
 {
@@ -142,12 +161,13 @@ static __always_inline int weir_parse_skb(struct __sk_buff *skb, struct weir_flo
 		for (int i = 0; i < WEIR_IPV6_EXT_MAX; i++) {
 			__u8 ext[4];
 
-			if (proto != WEIR_NEXTHDR_HOP && proto != WEIR_NEXTHDR_ROUTING &&
-			    proto != WEIR_NEXTHDR_DEST && proto != WEIR_NEXTHDR_FRAGMENT &&
-			    proto != WEIR_NEXTHDR_AUTH)
+			if (!weir_ipv6_is_ext(proto))
 				break;
-			if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)))
-				return -1;
+			if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext))) {
+				f->proto = proto;
+				f->l4_unknown = WEIR_L4_PROTO;
+				return 0;
+			}
 			if (proto == WEIR_NEXTHDR_FRAGMENT) {
 				if ((((__u16)ext[2] << 8) | ext[3]) & 0xfff8)
 					f->fragment = 1;
@@ -158,6 +178,10 @@ static __always_inline int weir_parse_skb(struct __sk_buff *skb, struct weir_flo
 				off += ((__u32)ext[1] + 1) * 8;
 			}
 			proto = ext[0];
+			/* A non-first fragment carries no transport header:
+			 * what follows its fragment header is payload. */
+			if (f->fragment)
+				break;
 		}
 	} else {
 		return -1;
@@ -166,13 +190,23 @@ static __always_inline int weir_parse_skb(struct __sk_buff *skb, struct weir_flo
 	f->proto = proto;
 	if (f->fragment)
 		return 0;
+	if (f->family == AF_INET6 && weir_ipv6_is_ext(proto)) {
+		f->l4_unknown = WEIR_L4_PROTO;
+		return 0;
+	}
 
 	switch (proto) {
 	case IPPROTO_TCP: {
 		__u8 th[14];
 
-		if (bpf_skb_load_bytes(skb, off, th, sizeof(th)))
-			return -1;
+		if (bpf_skb_load_bytes(skb, off, th, sizeof(th))) {
+			/* A tiny first fragment: the ports are all a verdict needs. */
+			th[13] = 0;
+			if (bpf_skb_load_bytes(skb, off, th, 4)) {
+				f->l4_unknown = WEIR_L4_PORTS;
+				break;
+			}
+		}
 		f->sport = (__u16)th[0] << 8 | th[1];
 		f->dport = (__u16)th[2] << 8 | th[3];
 		l4->tcp_flags = th[13];
@@ -183,8 +217,10 @@ static __always_inline int weir_parse_skb(struct __sk_buff *skb, struct weir_flo
 	case IPPROTO_SCTP: {
 		__u8 ph[4];
 
-		if (bpf_skb_load_bytes(skb, off, ph, sizeof(ph)))
-			return -1;
+		if (bpf_skb_load_bytes(skb, off, ph, sizeof(ph))) {
+			f->l4_unknown = WEIR_L4_PORTS;
+			break;
+		}
 		f->sport = (__u16)ph[0] << 8 | ph[1];
 		f->dport = (__u16)ph[2] << 8 | ph[3];
 		f->has_ports = 1;
@@ -194,8 +230,10 @@ static __always_inline int weir_parse_skb(struct __sk_buff *skb, struct weir_flo
 	case IPPROTO_ICMPV6: {
 		__u8 ih[8];
 
-		if (bpf_skb_load_bytes(skb, off, ih, sizeof(ih)))
-			return -1;
+		if (bpf_skb_load_bytes(skb, off, ih, sizeof(ih))) {
+			f->l4_unknown = WEIR_L4_PORTS;
+			break;
+		}
 		l4->icmp_type = ih[0];
 		__builtin_memcpy(&l4->icmp_id, &ih[4], 2);
 		break;

@@ -65,6 +65,20 @@ static __always_inline __u8 weir_class_bits(__u32 class_id, const struct weir_fl
 	if (hi > WEIR_PORT_RANGES_MAX)
 		hi = WEIR_PORT_RANGES_MAX;
 
+	if (f->l4_unknown) {
+		/* Ports (or the protocol) unknown: as if it went to every
+		 * port, so only port-less allows count and every deny of
+		 * its protocol (of any protocol) applies. */
+		__u8 deny = 0;
+
+		for (__u32 i = 0; i < WEIR_PORT_RANGES_MAX; i++) {
+			if (i >= hi)
+				break;
+			if (f->l4_unknown == WEIR_L4_PROTO || c->r[i].proto == f->proto)
+				deny |= c->r[i].bits;
+		}
+		return bits | (deny & (WEIR_BIT_E_DENY | WEIR_BIT_A_DENY));
+	}
 	if (f->fragment) {
 		__u8 allow = 0;
 
@@ -145,6 +159,7 @@ static __always_inline void weir_judge(const struct weir_pod_value *pod, const s
 {
 	__u32 set_id = pod->set_id;
 	struct weir_set_value *set = bpf_map_lookup_elem(&weir_sets, &set_id);
+	__u32 class_id;
 
 	if (!set || !(set->flags & WEIR_SET_F_VALID)) {
 		/* The agent writes a set before any pod that uses it; a pod
@@ -162,7 +177,37 @@ static __always_inline void weir_judge(const struct weir_pod_value *pod, const s
 		d->bits = 0;
 		return;
 	}
-	weir_decide(set->flags, weir_class_bits(weir_class_of(set, f), f), d);
+	class_id = weir_class_of(set, f);
+	weir_decide(set->flags, weir_class_bits(class_id, f), d);
+	if (d->verdict != WEIR_VERDICT_DROP && d->verdict != WEIR_VERDICT_AUDIT)
+		return;
+	if (set->flags & WEIR_SET_F_NOT_COMPILED) {
+		d->reason = WEIR_REASON_NOT_COMPILED;
+	} else if (f->l4_unknown) {
+		/* Unless a port-less deny rule decided it (it would whatever
+		 * the ports), the unread header is why it does not pass. */
+		struct weir_port_class *c = class_id ? bpf_map_lookup_elem(&weir_classes, &class_id) : 0;
+		__u8 any = c ? c->any_bits : 0;
+
+		if (!(any & (d->verdict == WEIR_VERDICT_DROP ? WEIR_BIT_E_DENY : WEIR_BIT_A_DENY)))
+			d->reason = WEIR_REASON_L4_UNKNOWN;
+	}
+}
+
+/*
+ * A would-be default-deny drop of a packet that could be a reply to an
+ * inbound flow, while weir_ct is full of live flows (the agent says so in
+ * weir_node): its entry may have been evicted, so the drop is reported as
+ * map-full, not as a policy decision. The verdict does not change.
+ */
+static __always_inline void weir_blame_full_ct(struct weir_decision *d, int maybe_reply)
+{
+	if (!maybe_reply)
+		return;
+	if (d->reason != WEIR_REASON_DEFAULT_DENY && d->reason != WEIR_REASON_AUDIT_DEFAULT_DENY)
+		return;
+	if (weir_node_flag(WEIR_NODE_F_CT_FULL))
+		d->reason = WEIR_REASON_MAP_FULL;
 }
 
 #endif /* WEIR_POLICY_H */

@@ -56,6 +56,8 @@ Options:
   --max-trie-nodes N     Capacity of the destination trie, 1 KiB per node
                          (default ${DEFAULT_CAPACITIES.nodes}).
   --max-port-classes N   Capacity of the port class table (default ${DEFAULT_CAPACITIES.classes}).
+  --max-conntrack N      Inbound flows tracked so that their replies pass (default
+                         ${DEFAULT_CAPACITIES.conntrack}, 28 bytes + 8 per entry).
   --cleanup              Do not run: detach every program weir attached on this node and
                          remove its pins (BPFFS/weir or --pin-dir), and only those; then
                          exit. Enforcement stops. Run it before removing weir from a node.
@@ -107,6 +109,7 @@ export const agentCommand: Command = {
       'max-pods': { type: 'string' },
       'max-trie-nodes': { type: 'string' },
       'max-port-classes': { type: 'string' },
+      'max-conntrack': { type: 'string' },
       cleanup: { type: 'boolean', default: false },
       // Hidden: load the BPF objects from another directory (upgrade tests).
       'objects-dir': { type: 'string' },
@@ -152,6 +155,8 @@ export const agentCommand: Command = {
     if (nodes) capacities.nodes = nodes;
     const classes = positiveInt('max-port-classes', values['max-port-classes']);
     if (classes) capacities.classes = classes;
+    const conntrack = positiveInt('max-conntrack', values['max-conntrack']);
+    if (conntrack) capacities.conntrack = conntrack;
     const apiSocket = values['api-socket'] === 'off' ? null : (values['api-socket'] ?? DEFAULT_API_SOCKET);
     const opts: AgentOptions = {
       ...(manifests !== undefined

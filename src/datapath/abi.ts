@@ -18,6 +18,7 @@ export const SIZES = {
   weir_agg_value: 16,
   weir_event: 104,
   weir_sk_owner: 24,
+  weir_node_state: 16,
   weir_config: 32,
 } as const;
 
@@ -78,6 +79,8 @@ export const OFFSETS = {
   'weir_event.comm': 88,
   'weir_sk_owner.pid': 0,
   'weir_sk_owner.comm': 8,
+  'weir_node_state.flags': 0,
+  'weir_node_state.updated_ns': 8,
   'weir_config.pod_level_lo': 0,
   'weir_config.pod_level_hi': 4,
   'weir_config.event_interval_ns': 8,
@@ -95,8 +98,10 @@ export const CONST = {
   WEIR_PORT_RANGES_MAX: 64,
   WEIR_SLOT_CHILD: 0x80000000,
   WEIR_REC_VERDICT: 1,
-  WEIR_STAT__MAX: 8,
+  WEIR_STAT__MAX: 9,
   WEIR_POD_F_TRACK_INGRESS: 0x1,
+  WEIR_POD_F_ADDR_MISSING: 0x2,
+  WEIR_NODE_F_CT_FULL: 0x1,
   WEIR_CFG_F_EVENTS_ALLOW: 0x1,
 } as const;
 
@@ -109,6 +114,7 @@ export const STAT_NAMES = [
   'ct_insert_failed',
   'agg_insert_failed',
   'fragments',
+  'l4_unknown',
 ] as const;
 export type StatName = (typeof STAT_NAMES)[number];
 

@@ -47,6 +47,7 @@ import { ensureBpffs } from '../native/bpffs.js';
 import { withCapabilityHint } from '../native/privileges.js';
 import {
   CONST,
+  OFFSETS,
   SIZES,
   STAT_NAMES,
   counterIndex,
@@ -135,6 +136,7 @@ export const MAP_NAMES = [
   'weir_events',
   'weir_sk_owner',
   'weir_sk_flows',
+  'weir_node',
 ] as const;
 export type MapName = (typeof MAP_NAMES)[number];
 
@@ -202,6 +204,7 @@ export class Datapath {
     graceMs: number,
     migrations: MapMigration[] = [],
     attachAfterFirstApply = false,
+    private readonly ctTimeoutNs: bigint = 300_000_000_000n,
   ) {
     this.pinDir = pinDir;
     this.migrations = migrations;
@@ -296,7 +299,7 @@ export class Datapath {
         );
       }
       if (fresh) log.warn({ maps: [...plan.keys()] }, 'policy maps start over: the links move to the new programs only after the first policy is written');
-      return new Datapath(objects, maps, pinDir, caps, log, opts.graceMs ?? 2000, migrations, fresh);
+      return new Datapath(objects, maps, pinDir, caps, log, opts.graceMs ?? 2000, migrations, fresh, BigInt(opts.ctTimeoutSec ?? 300) * 1_000_000_000n);
     } catch (err) {
       for (const o of objects.values()) o.close();
       if (existsSync(stagingDir)) for (const f of readdirSync(stagingDir)) rmSync(join(stagingDir, f));
@@ -484,6 +487,59 @@ export class Datapath {
       out[name] = raw ? decodePerCpuU64(raw, m.possibleCpus) : 0n;
     });
     return out;
+  }
+
+  /**
+   * Walks weir_ct: deletes the entries idle for longer than the conntrack
+   * timeout (they can no longer pass a reply, they only take room), and
+   * tells the programs whether the table is full of live flows: the flag
+   * WEIR_NODE_F_CT_FULL in weir_node is set at `fullAt` of the capacity and
+   * cleared below `clearAt` (hysteresis). While it is set, a default-deny
+   * drop of a packet that could be a reply is reported as map-full (its
+   * entry may have been evicted), not as a policy decision.
+   */
+  sweepConntrack(fullAt = 0.9, clearAt = 0.8): { live: number; expired: number; capacity: number; full: boolean } {
+    this.check();
+    const ct = this.map('weir_ct');
+    const d = ct.dump();
+    const now = process.hrtime.bigint(); // CLOCK_MONOTONIC, as bpf_ktime_get_ns()
+    const ks = SIZES.weir_ct_key;
+    const vs = ct.valueBufferSize;
+    let expired = 0;
+    for (let i = 0; i < d.count; i++) {
+      const seen = d.values.readBigUInt64LE(i * vs);
+      if (now > seen && now - seen >= this.ctTimeoutNs) {
+        if (ct.delete(d.keys.subarray(i * ks, (i + 1) * ks))) expired++;
+      }
+    }
+    const live = d.count - expired;
+    const capacity = this.caps.conntrack;
+    const was = this.nodeFlags() & CONST.WEIR_NODE_F_CT_FULL;
+    const full = was ? live >= capacity * clearAt : live >= capacity * fullAt;
+    if (Boolean(was) !== full) {
+      this.setNodeFlags((this.nodeFlags() & ~CONST.WEIR_NODE_F_CT_FULL) | (full ? CONST.WEIR_NODE_F_CT_FULL : 0));
+      this.log[full ? 'warn' : 'info'](
+        { live, capacity },
+        full
+          ? 'weir_ct is full of live inbound flows: replies of evicted flows are dropped; such drops are reported with reason map-full (raise --max-conntrack)'
+          : 'weir_ct has room again',
+      );
+    }
+    return { live, expired, capacity, full };
+  }
+
+  /** WEIR_NODE_F_* currently set in weir_node. */
+  nodeFlags(): number {
+    const v = this.map('weir_node').lookup(u32Key(0));
+    return v ? v.readUInt32LE(OFFSETS['weir_node_state.flags']) : 0;
+  }
+
+  /** Writes weir_node (tests set flags directly; the agent through sweepConntrack). */
+  setNodeFlags(flags: number): void {
+    const v = Buffer.alloc(SIZES.weir_node_state);
+    v.writeUInt32LE(flags >>> 0, OFFSETS['weir_node_state.flags']);
+    v.writeBigUInt64LE(process.hrtime.bigint(), OFFSETS['weir_node_state.updated_ns']);
+    this.map('weir_node').update(u32Key(0), v);
   }
 
   /** Entries currently in the hash maps (walks them: for status, not hot paths). */

@@ -28,9 +28,10 @@
 // reports what it added, removed and rewrote per map (ApplyResult.reconciled).
 import type { Logger } from 'pino';
 import type { DesiredSet, DesiredState } from '../policy/engine.js';
-import { classKey, SET_F_E_ISOLATED, SET_F_VALID, type FlatPrefix } from '../policy/compile.js';
+import { classKey, SET_F_E_ISOLATED, SET_F_NOT_COMPILED, SET_F_VALID, type FlatPrefix } from '../policy/compile.js';
 import { addressBytes } from '../policy/prefix.js';
 import {
+  CONST,
   SIZES,
   decodePodIpKey,
   decodePodIpValue,
@@ -50,6 +51,8 @@ import {
   type SetValue,
 } from './abi.js';
 import { CapacityError, IndexAllocator } from './allocator.js';
+
+const POD_F_ADDR_MISSING = CONST.WEIR_POD_F_ADDR_MISSING;
 import { buildTrie, encodeNode, SLOT_CHILD, type BuiltTrie } from './trie.js';
 
 /** The map operations the writer needs; implemented by the addon's BpfMap. */
@@ -429,8 +432,9 @@ export class StateWriter {
           ep = this.endpointAlloc.alloc();
           this.endpointsByCgroup.set(cg, ep);
         }
-        const value: PodValue = { setId, endpointId: ep, flags: 0 };
         const cur = this.pods.get(cg);
+        // The address flag is writeAddresses' to set and clear.
+        const value: PodValue = { setId, endpointId: ep, flags: (cur?.value.flags ?? 0) & POD_F_ADDR_MISSING };
         if (!cur || cur.value.setId !== value.setId || cur.value.endpointId !== value.endpointId || cur.value.flags !== value.flags) {
           this.maps.pods.update(u64Key(b.cgroupId), encodePodValue(value));
           res.podsWritten++;
@@ -559,30 +563,52 @@ export class StateWriter {
 
   /**
    * Makes weir_pod_ips hold exactly the addresses of the pods written above,
-   * each mapped to its pod's endpoint. An address two pods claim (a stale
-   * status during a handover) is written for neither: the exemption is
-   * never granted to the wrong pod. A failed write (map full) is logged and
-   * retried on the next apply; until then that pod's traffic to itself is
-   * judged like any other (fail closed).
+   * each mapped to its pod's endpoint: at most one per family per pod (a
+   * pod has at most one IPv4 and one IPv6 address), so a map of 2 × the pod
+   * capacity cannot fill. An address two pods claim (a stale status during
+   * a handover) is written for neither: the exemption is never granted to
+   * the wrong pod. Entries that go are deleted before new ones are added.
+   * Should a write fail anyway (a smaller map), the pod is marked
+   * WEIR_POD_F_ADDR_MISSING: its traffic to itself is judged like any other
+   * (fail closed), and such drops are reported as map-full, not as a policy
+   * decision. Retried at every apply.
    */
   private writeAddresses(wantPods: Map<string, PodBinding>, res: ApplyResult): void {
     const want = new Map<string, number | null>(); // null: claimed by two pods
+    const podOf = new Map<string, string>(); // key -> cgroup of the pod that wants it
     for (const [cg, b] of wantPods) {
       const ep = this.pods.get(cg)?.value.endpointId;
       if (ep === undefined || this.pods.get(cg)?.binding !== b) continue;
+      const families = new Set<number>();
       for (const ip of b.ips ?? []) {
         let key: string;
+        let family: number;
         try {
           const a = addressBytes(ip);
-          key = encodePodIpKey({ family: a.family === 4 ? 2 : 10, addr: a.bytes }).toString('hex');
+          family = a.family === 4 ? 2 : 10;
+          key = encodePodIpKey({ family, addr: a.bytes }).toString('hex');
         } catch {
           continue; // not an address (the model validates them; be safe)
         }
+        if (families.has(family)) continue;
+        families.add(family);
         const prev = want.get(key);
         want.set(key, prev === undefined || prev === ep ? ep : null);
+        podOf.set(key, cg);
       }
     }
+    // Gone or claimed twice: removed first (an address moved to another
+    // pod is rewritten in place below).
+    for (const [key, ep] of [...this.podIps]) {
+      const w = want.get(key);
+      if (w === ep || (w !== undefined && w !== null)) continue;
+      this.maps.podIps.delete(Buffer.from(key, 'hex'));
+      this.podIps.delete(key);
+      res.addressesRemoved++;
+      if (this.counts) this.counts.weir_pod_ips.removed++;
+    }
     const failed: string[] = [];
+    const missing = new Set<string>(); // cgroups of pods with an address not written
     for (const [key, ep] of want) {
       if (ep === null || this.podIps.get(key) === ep) continue;
       try {
@@ -592,18 +618,29 @@ export class StateWriter {
         res.addressesWritten++;
       } catch (err) {
         failed.push(`${key}: ${(err as Error).message}`);
+        const cg = podOf.get(key);
+        if (cg !== undefined) missing.add(cg);
+        // Still held by the pod it was moved from: never exempt the wrong pod.
+        if (this.podIps.has(key)) {
+          this.maps.podIps.delete(Buffer.from(key, 'hex'));
+          this.podIps.delete(key);
+          res.addressesRemoved++;
+        }
       }
     }
-    // Gone, claimed twice, or moved to a pod whose write failed above.
-    for (const [key, ep] of [...this.podIps]) {
-      if (want.get(key) === ep) continue;
-      this.maps.podIps.delete(Buffer.from(key, 'hex'));
-      this.podIps.delete(key);
-      res.addressesRemoved++;
-      if (this.counts) this.counts.weir_pod_ips.removed++;
+    for (const [cg, rec] of this.pods) {
+      if (!wantPods.has(cg)) continue;
+      const flag = missing.has(cg) ? POD_F_ADDR_MISSING : 0;
+      if ((rec.value.flags & POD_F_ADDR_MISSING) === flag) continue;
+      const value: PodValue = { ...rec.value, flags: (rec.value.flags & ~POD_F_ADDR_MISSING) | flag };
+      this.maps.pods.update(u64Key(BigInt(cg)), encodePodValue(value));
+      this.pods.set(cg, { ...rec, value });
     }
     if (failed.length > 0) {
-      this.log.warn({ failed: failed.length, first: failed[0] }, 'pod addresses could not be written (weir_pod_ips full?); those pods reaching themselves are judged');
+      this.log.warn(
+        { failed: failed.length, pods: missing.size, first: failed[0] },
+        'pod addresses could not be written (weir_pod_ips full); those pods reaching themselves are judged, and such drops are reported with reason map-full',
+      );
     }
   }
 
@@ -614,7 +651,7 @@ export class StateWriter {
 
   private writeFailClosed(key: string, gen: number): void {
     const id = this.setAlloc.alloc();
-    const value: SetValue = { root4: 0, root6: 0, flags: SET_F_VALID | SET_F_E_ISOLATED, generation: gen };
+    const value: SetValue = { root4: 0, root6: 0, flags: SET_F_VALID | SET_F_E_ISOLATED | SET_F_NOT_COMPILED, generation: gen };
     this.maps.sets.update(u32Key(id), encodeSetValue(value));
     if (this.counts) this.counts.weir_sets.added++;
     this.sets.set(key, { id, contentKey: '', value, nodeKeys: [], classKeys: [], failed: true });

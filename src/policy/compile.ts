@@ -21,6 +21,8 @@ export const BIT_A_ALLOW = 0x08;
 export const SET_F_VALID = 0x1;
 export const SET_F_E_ISOLATED = 0x2;
 export const SET_F_A_ISOLATED = 0x4;
+/** Written fail closed: the policy never compiled (WEIR_SET_F_NOT_COMPILED). */
+export const SET_F_NOT_COMPILED = 0x8;
 export const PORT_RANGES_MAX = 64;
 
 export interface PortRange {

@@ -11,7 +11,10 @@ export type Reason =
   | 'reply'
   | 'audit-deny-rule'
   | 'audit-default-deny'
-  | 'no-policy-set';
+  | 'no-policy-set'
+  | 'l4-unknown'
+  | 'not-compiled'
+  | 'map-full';
 
 // Codes as in enum weir_verdict / enum weir_reason (checked against the
 // addon's ABI table in test/unit/abi.test.ts).
@@ -25,6 +28,9 @@ export const REASON_CODES: Record<Reason, number> = {
   'audit-deny-rule': 6,
   'audit-default-deny': 7,
   'no-policy-set': 8,
+  'l4-unknown': 9,
+  'not-compiled': 10,
+  'map-full': 11,
 };
 export const VERDICT_BY_CODE = invert(VERDICT_CODES);
 export const REASON_BY_CODE = invert(REASON_CODES);

@@ -10,10 +10,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { pino } from 'pino';
 import { KernelBed, inCgroup, nonLoopbackIfindex, type TestPod } from '../helpers/kernel.js';
-import { IPPROTO, TCP_SYN, packet, skbContext, type PacketSpec } from '../helpers/packets.js';
+import { IPPROTO, TCP_ACK, TCP_SYN, packet, skbContext, type PacketSpec } from '../helpers/packets.js';
 import { cgroupIdOf } from '../../src/datapath/cgroups.js';
 import { StateWriter, type ApplyResult, type PodBinding, type PolicyMaps, type WritableMap } from '../../src/datapath/state-writer.js';
-import { decodeCtKey, decodeSetValue, u32Key, u64Key, decodePodValue, type RawEvent } from '../../src/datapath/abi.js';
+import { CONST, decodeCtKey, decodeSetValue, u32Key, u64Key, decodePodValue, type RawEvent } from '../../src/datapath/abi.js';
 import { REASON_CODES, VERDICT_CODES } from '../../src/policy/verdict.js';
 import type { Capacities } from '../../src/datapath/datapath.js';
 
@@ -110,6 +110,12 @@ const SMALL = [{ to: [{ ipBlock: { cidr: '10.20.0.0/16' } }], ports: [{ port: 44
 function setIdOfPod(h: Harness, pod: TestPod): number | undefined {
   const raw = h.bed.dp.map('weir_pods').lookup(u64Key(cgroupIdOf(pod.dir)));
   return raw ? decodePodValue(raw).setId : undefined;
+}
+
+function podFlags(h: Harness, pod: TestPod): number {
+  const raw = h.bed.dp.map('weir_pods').lookup(u64Key(cgroupIdOf(pod.dir)));
+  if (!raw) throw new Error(`${pod.name} has no weir_pods entry`);
+  return decodePodValue(raw).flags;
 }
 
 function drained(h: Harness): RawEvent[] {
@@ -263,9 +269,13 @@ describe('pods beyond weir_pods and the endpoint ids', () => {
     const st = h.bed.dp.stats();
     expect(h.send(lost, { dst: '203.0.113.1', dport: 443 })).toBe(1);
     expect(h.bed.dp.stats()).toEqual(st);
-    // weir_pod_ips holds one address: the others' own-address exemption is missing (logged).
+    // weir_pod_ips holds one address: the other written pod's own-address
+    // exemption is missing (logged), and that pod is marked so that its
+    // drops are reported as map-full rather than as policy decisions.
     expect(h.writer.podAddresses()).toHaveLength(1);
     expect(h.logs.some((l) => l.level === 40 && /pod addresses could not be written/.test(l.msg))).toBe(true);
+    const flags = [p1, p2, p3].filter((x) => x !== lost).map((p) => podFlags(h, p) & CONST.WEIR_POD_F_ADDR_MISSING);
+    expect(flags.sort()).toEqual([0, CONST.WEIR_POD_F_ADDR_MISSING]);
   });
 
   it('when a pod goes away, a pod that did not fit is written in the same apply', () => {
@@ -278,6 +288,28 @@ describe('pods beyond weir_pods and the endpoint ids', () => {
     expect(res.podsRemoved).toBe(1);
     expect(h.writer.endpoints().map((e) => e.name)).toContain(lost.name);
     expect(h.send(lost, { dst: '203.0.113.1', dport: 443 })).toBe(0);
+    // One address fits one pod: the pod that has it carries no flag, the other does.
+    const [a, b] = h.pods.map((p) => podFlags(h, p) & CONST.WEIR_POD_F_ADDR_MISSING);
+    expect([a, b].sort()).toEqual([0, CONST.WEIR_POD_F_ADDR_MISSING]);
+  });
+
+  it('with room again, the address is written and the flag cleared', async () => {
+    const e = await harness({ pods: 4, endpoints: 4, podAddresses: 1 });
+    try {
+      e.bed.add({ apiVersion: 'weir.dev/v1alpha1', kind: 'EgressPolicy', metadata: { name: 'deny', namespace: 'r' }, spec: { podSelector: {} } });
+      const r1 = addPod(e, 'r', 'r1', {}, '10.244.4.1');
+      const r2 = addPod(e, 'r', 'r2', {}, '10.244.4.2');
+      e.sync();
+      const missing = [r1, r2].find((p) => podFlags(e, p) & CONST.WEIR_POD_F_ADDR_MISSING) as TestPod;
+      const holder = [r1, r2].find((p) => p !== missing) as TestPod;
+      expect(podFlags(e, holder) & CONST.WEIR_POD_F_ADDR_MISSING).toBe(0);
+      removePod(e, holder);
+      e.sync();
+      expect(podFlags(e, missing) & CONST.WEIR_POD_F_ADDR_MISSING).toBe(0);
+      expect(e.writer.podAddresses().map((x) => x.endpointId)).toEqual([e.endpointOf(missing)]);
+    } finally {
+      e.close();
+    }
   });
 
   it('endpoint ids full: the pod is reported the same way', async () => {
@@ -334,11 +366,49 @@ describe('conntrack (weir_ct, LRU) and event aggregation (weir_agg, LRU) full', 
     expect(h.counts(server, 'drop') - d0).toBe(BigInt(flows - passed));
     // The newest flow was not evicted.
     expect(h.send(server, { src: SERVER, dst: '198.51.100.7', sport: 8080, dport: 50000 + flows - 1 })).toBe(1);
-    // The drops of evicted replies are reported as default-deny: the datapath
-    // cannot tell them from new egress (docs/operations.md, "Map full").
+    // Until the agent's walk of weir_ct says the table is full, the drops
+    // of evicted replies look like policy drops (default-deny) ...
     const evs = drained(h).filter((e) => e.verdict === VERDICT_CODES.drop);
     expect(evs.length).toBeGreaterThan(0);
     expect(new Set(evs.map((e) => e.reason))).toEqual(new Set([REASON_CODES['default-deny']]));
+    // ... after it, they are map-full (the verdict is the same).
+    const sweep = h.bed.dp.sweepConntrack();
+    expect(sweep).toMatchObject({ full: true, expired: 0, capacity: 16 });
+    expect(sweep.live).toBeGreaterThanOrEqual(15);
+    expect(h.bed.dp.nodeFlags() & CONST.WEIR_NODE_F_CT_FULL).toBe(CONST.WEIR_NODE_F_CT_FULL);
+    const d1 = h.counts(server, 'drop');
+    let dropped = 0;
+    for (let i = 0; i < flows - tracked.length; i++) {
+      // New destination ports: flows of their own, not aggregated with the events above.
+      if (h.send(server, { src: SERVER, dst: '198.51.100.8', sport: 8080, dport: 50000 + i, tcpFlags: TCP_ACK }) === 0) dropped++;
+    }
+    expect(dropped).toBe(flows - tracked.length);
+    expect(h.counts(server, 'drop') - d1).toBe(BigInt(dropped));
+    const full = drained(h).filter((e) => e.verdict === VERDICT_CODES.drop);
+    expect(full.length).toBe(dropped);
+    expect(new Set(full.map((e) => e.reason))).toEqual(new Set([REASON_CODES['map-full']]));
+    // A bare SYN is never a reply: still default-deny.
+    expect(h.send(server, { src: SERVER, dst: '198.51.100.9', sport: 8080, dport: 443, tcpFlags: TCP_SYN })).toBe(0);
+    expect(drained(h).map((e) => e.reason)).toEqual([REASON_CODES['default-deny']]);
+  });
+
+  it('the walk deletes idle entries (older than the conntrack timeout) and clears the flag below 80%', () => {
+    const ct = h.bed.dp.map('weir_ct');
+    const keys = ct.keys();
+    expect(keys.length).toBeGreaterThan(12);
+    // Age all but 4 entries past the 300 s timeout (CLOCK_MONOTONIC, as the datapath).
+    const old = Buffer.alloc(8);
+    old.writeBigUInt64LE(process.hrtime.bigint() - 301_000_000_000n);
+    for (const k of keys.slice(4)) ct.update(k, old);
+    // (An update of an LRU map at capacity may itself evict an entry: count what is there now.)
+    const now = ct.keys().map((k) => (ct.lookup(k) as Buffer).equals(old));
+    const stale = now.filter(Boolean).length;
+    expect(stale).toBeGreaterThanOrEqual(10);
+    const sweep = h.bed.dp.sweepConntrack();
+    expect(sweep).toMatchObject({ live: now.length - stale, expired: stale, full: false });
+    expect(ct.keys()).toHaveLength(now.length - stale);
+    expect(now.length - stale).toBeLessThanOrEqual(4);
+    expect(h.bed.dp.nodeFlags() & CONST.WEIR_NODE_F_CT_FULL).toBe(0);
   });
 
   it('weir_agg full: flows evicted from aggregation send an event again within the interval (more events, never fewer); counters stay exact', () => {
@@ -457,6 +527,29 @@ describe('a set that does not fit on the first apply after a restart', () => {
       expect(next.usage().weir_nodes?.used).toBe(1 + 2 + 1);
       expect(h.send(pod, { src: '10.244.5.1', dst: '21.2.1.1', dport: 80 })).toBe(1);
       expect(h.send(pod, { src: '10.244.5.1', dst: '22.3.1.1', dport: 80 })).toBe(0);
+    } finally {
+      h.close();
+    }
+  });
+});
+
+describe('a policy that never compiled', () => {
+  it('its pods are isolated with nothing allowed (fail closed), and the drops say not-compiled, not default-deny', async () => {
+    const h = await harness({});
+    try {
+      const pod = addPod(h, 'nc', 'nc', { app: 'nc' }, '10.244.9.1');
+      // 65 distinct ports on one destination range: more than a port class holds.
+      const ports = Array.from({ length: 65 }, (_, i) => ({ port: 1000 + 2 * i }));
+      h.bed.add(egressPolicy('nc', 'too-many-ports', 'nc', [{ to: [{ ipBlock: { cidr: '10.50.0.0/16' } }], ports }]));
+      const res = h.sync();
+      expect(res.failedSets).toHaveLength(1);
+      expect(res.failedSets[0]?.error).toMatch(/more than 64 distinct port ranges/);
+      drained(h);
+      expect(h.send(pod, { dst: '10.50.0.1', dport: 1000 })).toBe(0); // allowed by the policy, had it compiled
+      expect(h.send(pod, { dst: '203.0.113.1', dport: 443 })).toBe(0);
+      const evs = drained(h);
+      expect(evs.map((e) => e.reason)).toEqual([REASON_CODES['not-compiled'], REASON_CODES['not-compiled']]);
+      expect(evs.map((e) => e.verdict)).toEqual([VERDICT_CODES.drop, VERDICT_CODES.drop]);
     } finally {
       h.close();
     }

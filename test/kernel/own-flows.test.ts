@@ -18,11 +18,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KernelBed, inCgroup, nonLoopbackIfindex, type TestPod } from '../helpers/kernel.js';
 import { IPPROTO, TCP_ACK, TCP_SYN, packet, skbContext, type PacketSpec } from '../helpers/packets.js';
 import { cgroupIdOf } from '../../src/datapath/cgroups.js';
-import { decodeCtKey, type RawEvent } from '../../src/datapath/abi.js';
+import { CONST, decodeCtKey, decodePodValue, encodePodIpKey, encodePodValue, u64Key, type RawEvent } from '../../src/datapath/abi.js';
 import type { ApplyResult, PodBinding } from '../../src/datapath/state-writer.js';
 import { Datapath } from '../../src/datapath/datapath.js';
 import { addressBytes, bytesToAddress } from '../../src/policy/prefix.js';
-import { VERDICT_CODES } from '../../src/policy/verdict.js';
+import { REASON_BY_CODE, VERDICT_CODES } from '../../src/policy/verdict.js';
 import { pino } from 'pino';
 
 const PYTHON = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
@@ -443,5 +443,66 @@ describe('a UDP flow the pod opened is not recorded as an inbound flow when the 
     expect(testRun(client, 'weir_ingress', { ...synAck, tcpFlags: TCP_ACK })).toBe(1);
     expect(testRun(client, 'weir_egress', { src: OWN, dst: '203.0.113.70', proto: IPPROTO.TCP, sport: 32000, dport: 443 })).toBe(0);
     expect(flows('weir_ct', client).filter((f) => f.endsWith('/6'))).toEqual([]);
+  });
+});
+
+// ---- drops a full map may cause are reported as map-full, not as policy -------------
+
+describe('a full map: the drops it may cause carry reason map-full (the verdict does not change)', () => {
+  const OWN = '10.244.5.10';
+  let pod: TestPod;
+
+  beforeAll(() => {
+    pod = addPod('mf', 'a', { pod: 'mf-a' }, [OWN]);
+    bed.add(networkPolicy('mf', 'udp-81-only', { pod: 'mf-a' }, [{ ports: [{ protocol: 'UDP', port: 81 }] }]));
+    sync();
+    drained();
+  });
+  afterAll(() => bed.dp.setNodeFlags(0));
+
+  const setup = (): string => netnsSetup([`${OWN}/24`], []);
+  const reasons = (): string[] =>
+    drained()
+      .filter((e) => e.verdict === VERDICT_CODES.drop)
+      .map((e) => REASON_BY_CODE.get(e.reason) ?? String(e.reason));
+
+  it('weir_ct full: a UDP send from a bound port (maybe a reply whose entry was evicted) is refused as map-full; a connect is not a reply and stays default-deny', () => {
+    bed.dp.setNodeFlags(CONST.WEIR_NODE_F_CT_FULL);
+    expect(inPodNetns(pod, setup(), [['udp_flow', OWN, 5301, '203.0.113.80', 99, false, false], ['tcp', '203.0.113.81', 99]])).toEqual(['send EPERM', 'connect EPERM']);
+    expect(reasons()).toEqual(['map-full', 'default-deny']);
+    // The per-packet program: a TCP segment that is not a bare SYN, while the flag is set.
+    const seg = { src: OWN, dst: '203.0.113.82', proto: IPPROTO.TCP, sport: 40000, dport: 99, tcpFlags: TCP_ACK };
+    expect(testRun(pod, 'weir_egress', seg)).toBe(0);
+    expect(testRun(pod, 'weir_egress', { ...seg, sport: 40001, tcpFlags: TCP_SYN })).toBe(0);
+    expect(reasons()).toEqual(['map-full', 'default-deny']);
+    // Flag cleared: the same send is a policy drop again.
+    bed.dp.setNodeFlags(0);
+    expect(inPodNetns(pod, setup(), [['udp_flow', OWN, 5302, '203.0.113.80', 99, false, false]])).toEqual(['send EPERM']);
+    expect(testRun(pod, 'weir_egress', { ...seg, dst: '203.0.113.84' })).toBe(0); // another flow: .82 was reported within the event interval
+    expect(reasons()).toEqual(['default-deny', 'default-deny']);
+  });
+
+  it("weir_pod_ips missing the pod's address (WEIR_POD_F_ADDR_MISSING): its traffic to itself is judged (fail closed) and the drop is map-full", () => {
+    // What the writer does when weir_pod_ips refuses the address (test/kernel/map-full.test.ts):
+    // no entry, and the flag on the pod.
+    const cg = cgroupIdOf(pod.dir);
+    const pm = bed.dp.map('weir_pods');
+    const before = pm.lookup(u64Key(cg)) as Buffer;
+    const ipKey = encodePodIpKey({ family: 2, addr: addressBytes(OWN).bytes });
+    const ipm = bed.dp.map('weir_pod_ips');
+    const ipBefore = ipm.lookup(ipKey) as Buffer;
+    expect(ipBefore).not.toBeNull();
+    try {
+      ipm.delete(ipKey);
+      expect(inPodNetns(pod, setup(), [['tcp', OWN, 80]])).toEqual(['connect EPERM']);
+      expect(reasons()).toEqual(['default-deny']); // without the flag: indistinguishable
+      pm.update(u64Key(cg), encodePodValue({ ...decodePodValue(before), flags: decodePodValue(before).flags | CONST.WEIR_POD_F_ADDR_MISSING }));
+      expect(inPodNetns(pod, setup(), [['tcp', OWN, 80], ['tcp', '203.0.113.83', 99]])).toEqual(['connect EPERM', 'connect EPERM']);
+      expect(reasons()).toEqual(['map-full', 'map-full']);
+    } finally {
+      pm.update(u64Key(cg), before);
+      ipm.update(ipKey, ipBefore);
+    }
+    expect(inPodNetns(pod, setup(), [['tcp', OWN, 80]])).toEqual(['ok']);
   });
 });
