@@ -5,7 +5,7 @@
 import { readFileSync, readlinkSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
-import { Registry } from 'prom-client';
+import { Counter, Gauge, Registry } from 'prom-client';
 import { ObjectStore, type StoreChange } from '../model/store.js';
 import type { Pod } from '../model/types.js';
 import { ManifestSource } from '../sources/manifests.js';
@@ -29,6 +29,7 @@ import { domainOf, workloadOf } from '../report/workload.js';
 
 export const VERSION = '0.1.0';
 const CGROUP_RECHECK_MS = 30_000;
+const CT_SWEEP_MS = 5_000;
 
 /** Reading the model from the Kubernetes API (`weir agent` without --manifests). */
 export interface KubernetesSourceConfig {
@@ -64,6 +65,8 @@ export interface AgentOptions {
   podsRootWaitMs?: number;
   /** How long the metric series of a workload that left this node stay exported (default 5 minutes). */
   metricsSeriesLingerMs?: number;
+  /** How often weir_ct is walked (idle entries expired, the full flag updated). Default 5 s. */
+  conntrackSweepMs?: number;
 }
 
 export interface AgentStatus {
@@ -150,6 +153,10 @@ export class Agent {
   private cgroups = new Map<string, { dir: string; id: bigint }>();
   private cgroupsCheckedAt = 0;
   private retryTimer: NodeJS.Timeout | null = null;
+  private ctTimer: NodeJS.Timeout | null = null;
+  private readonly ctExpired: Counter;
+  /** The last walk of weir_ct (sweepConntrack), for metrics and status. */
+  private ct: { live: number; expired: number; capacity: number; full: boolean } | null = null;
   private scheduled: NodeJS.Immediate | null = null;
   private applying: Promise<ApplyResult | null> = Promise.resolve(null);
   private readonly violationListeners = new Set<(v: Violation) => void>();
@@ -180,6 +187,20 @@ export class Agent {
       },
       { version: VERSION, node: opts.nodeName ?? '', ...(opts.metricsSeriesLingerMs !== undefined ? { seriesLingerMs: opts.metricsSeriesLingerMs } : {}) },
     );
+    const self = this;
+    new Gauge({
+      name: 'weir_conntrack_full',
+      help: '1 while weir_ct is full of live inbound flows (90% of capacity, until below 80%): replies of evicted flows are dropped and reported with reason map-full. Updated every few seconds.',
+      registers: [this.registry],
+      collect() {
+        this.set(self.ct?.full ? 1 : 0);
+      },
+    });
+    this.ctExpired = new Counter({
+      name: 'weir_conntrack_expired_total',
+      help: 'Idle weir_ct entries the agent deleted (idle longer than the conntrack timeout: they could no longer pass a reply).',
+      registers: [this.registry],
+    });
   }
 
   static async start(opts: AgentOptions, logger: Logger): Promise<Agent> {
@@ -252,7 +273,20 @@ export class Agent {
       (events) => this.onEvents(events),
       (type) => this.metrics.unknownRecords.inc({ type: String(type) }),
     );
+    this.sweepConntrack();
+    this.ctTimer = setInterval(() => this.sweepConntrack(), this.opts.conntrackSweepMs ?? CT_SWEEP_MS);
+    this.ctTimer.unref();
     this.log.info({ generation: this.datapath.writer.generation, pods: this.endpoints.size }, 'agent ready');
+  }
+
+  /** Expires idle weir_ct entries and keeps the datapath's "conntrack full" flag current. */
+  private sweepConntrack(): void {
+    try {
+      this.ct = this.datapath.sweepConntrack();
+      if (this.ct.expired > 0) this.ctExpired.inc(this.ct.expired);
+    } catch (err) {
+      this.log.error({ err }, 'walking weir_ct failed');
+    }
   }
 
   private attachDatapath(): void {
@@ -498,6 +532,7 @@ export class Agent {
     for (const f of res.failedPods) {
       this.metrics.syncErrors.inc({ kind: 'datapath' });
       this.log.error({ namespace: f.namespace, pod: f.name, uid: f.uid, error: f.error }, 'pod could not be written to the datapath; retrying');
+      this.events?.podNotEnforced({ namespace: f.namespace, pod: f.name, podUid: f.uid, message: `${f.error} (raise weir agent --max-pods)` });
     }
     // Slots freed by removals come back after the writer's grace period: try again then.
     if (res.failedSets.length + res.failedPods.length > 0 && !this.retryTimer && !this.stopped) {
@@ -616,6 +651,14 @@ export class Agent {
         } else if (reason === 'default-deny' || reason === 'audit-default-deny') {
           policy = selected(reason === 'default-deny' ? 'Enforce' : 'Audit').join(',');
           rule = 'no allow rule matched';
+        } else if (reason === 'l4-unknown') {
+          policy = selected(verdict === 'drop' ? 'Enforce' : 'Audit').join(',');
+          rule = 'transport header not readable: judged as any port, no port-less allow rule matched';
+        } else if (reason === 'not-compiled') {
+          policy = selected('Enforce').join(',');
+          rule = 'policy did not compile: its pods are isolated with nothing allowed until it does';
+        } else if (reason === 'map-full') {
+          rule = 'not a policy decision: weir_ct (or weir_pod_ips) is full, so this may be a reply or own-address packet whose entry could not be kept';
         }
       }
     }
@@ -652,7 +695,7 @@ export class Agent {
   private lruMapUsage(): Record<string, { used: number; capacity: number }> {
     const c = this.datapath.capacities();
     return {
-      weir_ct: { used: this.datapath.hashMapEntries('weir_ct'), capacity: c.conntrack },
+      weir_ct: { used: this.ct?.live ?? this.datapath.hashMapEntries('weir_ct'), capacity: c.conntrack },
       weir_agg: { used: this.datapath.hashMapEntries('weir_agg'), capacity: c.aggregation },
     };
   }
@@ -707,6 +750,7 @@ export class Agent {
     this.stopped = true;
     if (this.scheduled) clearImmediate(this.scheduled);
     if (this.retryTimer) clearTimeout(this.retryTimer);
+    if (this.ctTimer) clearInterval(this.ctTimer);
     await this.applying;
     await this.source?.stop();
     await this.events?.stop();

@@ -56,6 +56,14 @@ export const REPORTING_CONTROLLER = 'weir.dev/agent';
 export const REASON_VIOLATION = 'EgressViolation';
 export const REASON_AUDIT_VIOLATION = 'EgressAuditViolation';
 export const REASON_INVALID_POLICY = 'InvalidPolicy';
+/** A pod the datapath has no room for: its egress is not governed (weir_pods or the endpoint ids full). */
+export const REASON_NOT_ENFORCED = 'EgressNotEnforced';
+/** The Event's `action` for EgressNotEnforced. */
+export const ACTION_ENFORCE = 'Enforce';
+/** A drop no policy rule decided: a datapath map is full (weir reason map-full). */
+export const REASON_MAP_FULL = 'EgressDroppedMapFull';
+/** A drop because the pod's policy never compiled (weir reason not-compiled). */
+export const REASON_NOT_COMPILED = 'EgressDroppedPolicyNotCompiled';
 /** The Event's `action` for violations: egress of the regarding pod was denied (or would be, for audit). */
 export const ACTION_EGRESS = 'Egress';
 /** The Event's `action` for InvalidPolicy: loading the regarding policy failed. */
@@ -77,6 +85,8 @@ const COUNT_MAX = 2 ** 31 - 1;
 export interface ViolationEventInput {
   /** 'drop' → EgressViolation, 'audit' → EgressAuditViolation; other verdicts are not violations and are ignored. */
   verdict: string;
+  /** weir's reason (src/policy/verdict.ts): map-full and not-compiled drops get Event reasons of their own. */
+  reason?: string;
   namespace: string;
   pod: string;
   podUid?: string;
@@ -354,8 +364,10 @@ export class EventReporter {
         this.dropped.inc({ reason: 'shutdown' }, count);
         return;
       }
-      const reason = v.verdict === 'drop' ? REASON_VIOLATION : v.verdict === 'audit' ? REASON_AUDIT_VIOLATION : undefined;
+      let reason = v.verdict === 'drop' ? REASON_VIOLATION : v.verdict === 'audit' ? REASON_AUDIT_VIOLATION : undefined;
       if (reason === undefined) return;
+      if (v.verdict === 'drop' && v.reason === 'map-full') reason = REASON_MAP_FULL;
+      else if (v.verdict === 'drop' && v.reason === 'not-compiled') reason = REASON_NOT_COMPILED;
       if (v.namespace === '' || v.pod === '') {
         this.dropped.inc({ reason: 'no-pod' }, count);
         return;
@@ -397,6 +409,28 @@ export class EventReporter {
       }));
     } catch (err) {
       this.log.error({ error: describeFailure(err) }, 'could not record an invalid policy for a Kubernetes Event');
+    }
+  }
+
+  /**
+   * Reports a pod the datapath could not take (weir_pods or the endpoint
+   * ids full): a Warning Event regarding the pod, reason EgressNotEnforced,
+   * one series per pod (repeated attempts raise its count).
+   */
+  podNotEnforced(p: { namespace: string; pod: string; podUid?: string; message: string }): void {
+    try {
+      if (this.stopping || p.namespace === '' || p.pod === '') return;
+      const uid = p.podUid ?? '';
+      const key = JSON.stringify(['n', p.namespace, p.pod, uid]);
+      this.record(key, 1, () => ({
+        namespace: p.namespace,
+        regarding: { apiVersion: 'v1', kind: 'Pod', namespace: p.namespace, name: p.pod, ...(uid !== '' ? { uid } : {}) },
+        reason: REASON_NOT_ENFORCED,
+        action: ACTION_ENFORCE,
+        note: truncateUtf8(`egress of this pod is not governed: ${p.message}`, NOTE_MAX_BYTES),
+      }));
+    } catch (err) {
+      this.log.error({ error: describeFailure(err) }, 'could not record a pod not enforced for a Kubernetes Event');
     }
   }
 

@@ -88,7 +88,7 @@ export const SYNC_ERROR_KINDS = ['manifest', 'watch', 'invalid-object', 'compile
  * Where each kernel stat goes. Every name in STAT_NAMES (datapath/abi.ts)
  * must be here: test/unit/metrics.test.ts checks it.
  */
-export const STAT_METRICS: Record<string, { metric: 'events' | 'parse' | 'conntrack' | 'aggFailed' | 'fragments'; labels: Labels }> = {
+export const STAT_METRICS: Record<string, { metric: 'events' | 'parse' | 'conntrack' | 'aggFailed' | 'fragments' | 'l4Unknown'; labels: Labels }> = {
   events_sent: { metric: 'events', labels: { outcome: 'sent' } },
   events_lost: { metric: 'events', labels: { outcome: 'lost' } },
   events_aggregated: { metric: 'events', labels: { outcome: 'aggregated' } },
@@ -97,6 +97,7 @@ export const STAT_METRICS: Record<string, { metric: 'events' | 'parse' | 'conntr
   ct_insert_failed: { metric: 'conntrack', labels: { result: 'failed' } },
   agg_insert_failed: { metric: 'aggFailed', labels: {} },
   fragments: { metric: 'fragments', labels: {} },
+  l4_unknown: { metric: 'l4Unknown', labels: {} },
 };
 
 type Labels = Record<string, string>;
@@ -246,6 +247,12 @@ export class AgentMetrics {
       registers,
       collect,
     });
+    const l4Unknown = new Counter({
+      name: 'weir_datapath_l4_unknown_total',
+      help: 'Pod packets whose transport header could not be read (truncated, or an IPv6 extension header chain too long): judged as going to every port of their protocol.',
+      registers,
+      collect,
+    });
     const mapEntries = new Gauge({
       name: 'weir_map_entries',
       help: 'Entries in use per BPF map (raw number; divide by weir_map_capacity for a ratio).',
@@ -355,6 +362,7 @@ export class AgentMetrics {
       conntrack: new DeltaCounter(conntrack),
       aggFailed: new DeltaCounter(aggFailed),
       fragments: new DeltaCounter(fragments),
+      l4Unknown: new DeltaCounter(l4Unknown),
     };
     this.collectKernel = () => {
       const totals = new Map<string, { labels: Labels; packets: bigint; bytes: bigint }>();

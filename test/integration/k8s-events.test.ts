@@ -177,6 +177,41 @@ describe('EventReporter', () => {
     expect(await metric('weir_k8s_events_dropped_total', { reason: 'no-pod' })).toBe(7);
   });
 
+  test('drops no policy rule decided have Event reasons of their own: map-full (EgressDroppedMapFull) and not-compiled (EgressDroppedPolicyNotCompiled)', async () => {
+    const r = newReporter({ firstWriteDelayMs: 60_000, flushIntervalMs: 60_000 });
+    const full = 'not a policy decision: weir_ct (or weir_pod_ips) is full, so this may be a reply or own-address packet whose entry could not be kept';
+    r.violation(drop({ reason: 'map-full', policy: '', rule: full, protocol: 'UDP', port: 5353 }));
+    r.violation(drop({ reason: 'not-compiled', rule: 'policy did not compile: its pods are isolated with nothing allowed until it does', port: 80 }));
+    r.violation(drop({ reason: 'default-deny', rule: 'no allow rule matched', port: 81 }));
+    // An audit verdict stays an audit Event whatever the reason.
+    r.violation(drop({ verdict: 'audit', reason: 'map-full', policy: '', rule: full, port: 82 }));
+    await r.flush();
+    const reasons = events()
+      .map((e) => `${String(e['reason'])} ${String(e['note']).split(' ').slice(0, 3).join(' ')}`)
+      .sort();
+    expect(reasons).toEqual([
+      'EgressAuditViolation audit TCP 203.0.113.10:82',
+      'EgressDroppedMapFull drop UDP 203.0.113.10:5353',
+      'EgressDroppedPolicyNotCompiled drop TCP 203.0.113.10:80',
+      'EgressViolation drop TCP 203.0.113.10:81',
+    ]);
+  });
+
+  test('a pod the datapath has no room for: EgressNotEnforced regarding the pod, one series however often the agent retries', async () => {
+    const r = newReporter({ firstWriteDelayMs: 60_000, flushIntervalMs: 60_000 });
+    for (let i = 0; i < 3; i++) r.podNotEnforced({ namespace: 'ml-train', pod: 'trainer-9', podUid: 'u9', message: 'endpoints is full (2 entries) (raise weir agent --max-pods)' });
+    await r.flush();
+    expect(events()).toHaveLength(1);
+    expect(events()[0]).toMatchObject({
+      type: 'Warning',
+      reason: 'EgressNotEnforced',
+      action: 'Enforce',
+      regarding: { kind: 'Pod', namespace: 'ml-train', name: 'trainer-9', uid: 'u9' },
+      note: 'egress of this pod is not governed: endpoints is full (2 entries) (raise weir agent --max-pods)',
+      series: { count: 3 },
+    });
+  });
+
   test('InvalidPolicy: a Warning Event regarding the policy (cluster-scoped ones in default); the same problem again raises its series', async () => {
     const r = newReporter({ firstWriteDelayMs: 60_000, flushIntervalMs: 60_000 });
     r.invalidPolicy({ kind: 'EgressPolicy', namespace: 'ml-train', name: 'train-data', uid: 'pol-uid', message: 'spec.egress[0].to[0].ipBlock.cidr: invalid CIDR "10.0.0.0/33"' });
