@@ -9,7 +9,9 @@ import { Counter, Gauge, Registry } from 'prom-client';
 import { ObjectStore, type StoreChange } from '../model/store.js';
 import type { Pod } from '../model/types.js';
 import { ManifestSource } from '../sources/manifests.js';
-import { KubernetesSource, type BackoffOptions, type KubernetesSourceError, type ResourceStatus } from '../sources/kubernetes.js';
+// The Kubernetes source and the Events reporter load @kubernetes/client-node (~85 MiB of RSS):
+// they are imported when used (createSource), never with --manifests.
+import type { BackoffOptions, KubernetesSource, KubernetesSourceError, ResourceStatus } from '../sources/kubernetes.js';
 import type { Source } from '../sources/source.js';
 import { PolicyEngine, type DesiredPod, type DesiredState } from '../policy/engine.js';
 import { bytesToAddress, type Family } from '../policy/prefix.js';
@@ -23,7 +25,8 @@ import { LocalApi, LocalApiError } from './local-api.js';
 import { ObserveHub, type ObserveFilter } from './observe.js';
 import { policyDigest } from './policy-digest.js';
 import { AuditLog, type AuditLogOptions } from '../audit/audit-log.js';
-import { EventReporter, policyReference, type EventReporterOptions } from '../report/k8s-events.js';
+import { AttributionCache, ProcessNameCache, fastAddress } from './attribution.js';
+import type { EventReporter, EventReporterOptions, policyReference } from '../report/k8s-events.js';
 import { AgentMetrics, type KernelCountSample } from '../report/metrics.js';
 import { domainOf, workloadOf } from '../report/workload.js';
 
@@ -136,6 +139,8 @@ export class Agent {
   private api: LocalApi | null = null;
   private audit: AuditLog | null = null;
   private events: EventReporter | null = null;
+  /** k8s-events.ts's policyReference, loaded with the Events reporter. */
+  private policyReference: typeof policyReference | null = null;
   /** Policy problems already reported as Events (policy id + message). */
   private reportedProblems = new Set<string>();
   private readonly observers = new ObserveHub();
@@ -257,7 +262,7 @@ export class Agent {
       this.changes.push(c);
       this.schedule();
     });
-    this.source = this.createSource(logger);
+    this.source = await this.createSource(logger);
     await this.source.start();
     this.synced = true;
     const first = await this.reconcile();
@@ -326,7 +331,7 @@ export class Agent {
     }
   }
 
-  private createSource(logger: Logger): Source {
+  private async createSource(logger: Logger): Promise<Source> {
     const { manifests, kubernetes } = this.opts;
     if ((manifests === undefined) === (kubernetes === undefined)) {
       throw new TypeError('Agent: give exactly one source, manifests or kubernetes');
@@ -345,6 +350,8 @@ export class Agent {
     }
     const k = kubernetes as KubernetesSourceConfig;
     if (k.events !== false) {
+      const { EventReporter, policyReference } = await import('../report/k8s-events.js');
+      this.policyReference = policyReference;
       this.events = new EventReporter({
         ...(k.events ?? {}),
         ...(k.kubeconfig !== undefined ? { kubeconfig: k.kubeconfig } : {}),
@@ -354,6 +361,7 @@ export class Agent {
       });
     }
     this.log.info({ nodeName: this.opts.nodeName, kubeconfig: k.kubeconfig ?? '(in-cluster or default)' }, 'reading the model from the Kubernetes API; waiting for the first sync');
+    const { KubernetesSource } = await import('../sources/kubernetes.js');
     return new KubernetesSource({
       ...k,
       nodeName: this.opts.nodeName,
@@ -379,7 +387,7 @@ export class Agent {
     if (!this.events) return;
     const key = `${policyId}\n${message}`;
     if (this.reportedProblems.has(key)) return;
-    const ref = policyReference(policyId);
+    const ref = this.policyReference?.(policyId);
     if (!ref) return;
     if (ref.namespace !== undefined && this.opts.nodeName && !this.store.podsOnNode(this.opts.nodeName).some((p) => p.metadata.namespace === ref.namespace)) return;
     this.reportedProblems.add(key);
@@ -458,7 +466,8 @@ export class Agent {
 
   /** Per-resource watch state when reading from the Kubernetes API; empty otherwise. */
   watchStatus(): ResourceStatus[] {
-    return this.source instanceof KubernetesSource ? this.source.status() : [];
+    // With opts.kubernetes, createSource made a KubernetesSource (not imported here: see the imports).
+    return this.source && this.opts.kubernetes !== undefined ? (this.source as KubernetesSource).status() : [];
   }
 
   get ready(): boolean {
@@ -626,10 +635,15 @@ export class Agent {
     }
   }
 
+  /** Policy and rule attribution per set and destination cell, emptied when the state changes (attribution.ts). */
+  private readonly attribution = new AttributionCache((s, p, d, proto, port) => this.engine.explain(s, p, d, proto, port));
+  /** /proc/PID/comm at most once a second per process. */
+  private readonly processNames = new ProcessNameCache(processName);
+
   private enrich(e: RawEvent): Violation | null {
     const ep = this.endpoints.get(e.endpointId);
     const family: Family = e.family === 10 ? 6 : 4;
-    const destination = bytesToAddress(family, e.dst);
+    const destination = fastAddress(family, e.dst, bytesToAddress);
     const verdict = VERDICT_BY_CODE.get(e.verdict) ?? `unknown(${e.verdict})`;
     const reason = REASON_BY_CODE.get(e.reason) ?? `unknown(${e.reason})`;
     let policy = '';
@@ -637,7 +651,7 @@ export class Agent {
     if (ep && this.state) {
       const dp = ep.desired;
       {
-        const x = this.engine.explain(this.state, dp, destination, e.proto, PORTED.has(e.proto) ? e.dport : null);
+        const x = this.attribution.attribution(this.state, dp, destination, family, e.dst, e.proto, PORTED.has(e.proto) ? e.dport : null);
         const pick = (kind: 'allow' | 'deny', mode: 'Enforce' | 'Audit'): string[] =>
           x.matches.filter((m) => m.kind === kind && m.mode === mode).map((m) => m.rule);
         const selected = (mode: 'Enforce' | 'Audit'): string[] =>
@@ -675,9 +689,9 @@ export class Agent {
       protocol: PROTO_NAMES[e.proto] ?? String(e.proto),
       destination,
       port: PORTED.has(e.proto) ? e.dport : null,
-      source: bytesToAddress(family, e.src),
+      source: fastAddress(family, e.src, bytesToAddress),
       pid: e.pid,
-      command: processName(e.pid) ?? e.comm,
+      command: this.processNames.get(e.pid, e.comm) ?? e.comm,
       thread: e.comm,
       count: e.count,
       hook: HOOK_NAMES[e.hook] ?? String(e.hook),
