@@ -20,6 +20,20 @@
 // swapped. A periodic re-scan (resyncIntervalMs) covers events the kernel may
 // drop (inotify overflow).
 //
+// Removals wait for the file to settle. A file rewritten in place (truncate,
+// then write: `cat > f`, writeFileSync) can be read half-written, and a
+// prefix of a manifest often parses: empty, or cut at a `---`. Deleting what
+// such a read lacks removed a policy until the rest arrived, and denied
+// traffic passed (bench/results/soak-run1.md). So when a watch-driven scan
+// finds that a file no longer supplies objects it supplied (it yields fewer,
+// is empty, or is gone), those objects are held, still owned by that file,
+// and the file is read again after settleMs; the removals are applied only
+// by a scan that finds the file still without them and unchanged (inode,
+// size, mtime, content) for settleMs. Upserts are never held: what a read
+// yields is applied at once. A writer that pauses longer than settleMs
+// mid-file still opens the window (docs/operations.md). An explicit
+// rescan() takes the files as final and applies removals at once.
+//
 // What is watched: each directory the scan reads, with its own
 // non-recursive watch (inotify on Linux) set up before the directory is
 // read, and the directory each symlinked manifest resolves into (a ConfigMap's
@@ -73,6 +87,13 @@ import type { Source } from './source.js';
 export const MAX_MANIFEST_FILE_BYTES = 10 * 1024 * 1024;
 
 /**
+ * How long a file must stay unchanged, still lacking objects it supplied,
+ * before they are removed (ManifestSourceOptions.settleMs): twice the
+ * default debounce, so a rewrite has at least two quiet periods to finish.
+ */
+export const DEFAULT_SETTLE_MS = 200;
+
+/**
  * What one manifest file may hold (docs/operations.md, "Limits"). The byte
  * limit alone does not bound a YAML parse: the yaml package keeps a syntax
  * tree of about 1 KB per token, so 10 MB of `[],` or of comments took
@@ -124,6 +145,8 @@ export interface ScanResult {
   ignored: number;
   /** Objects kept at their last good version because their source is broken. */
   retained: number;
+  /** Objects a file no longer supplies, kept until the file has settled (settleMs). */
+  held: number;
   errors: readonly ManifestError[];
 }
 
@@ -143,6 +166,12 @@ export interface ManifestSourceOptions {
   maxDelayMs?: number;
   /** Re-scan this often even without events; 0 disables (default 60 s). */
   resyncIntervalMs?: number;
+  /**
+   * How long a file that no longer supplies some of its objects (fewer
+   * documents, empty, deleted) must stay unchanged before they are removed
+   * (default DEFAULT_SETTLE_MS, 200 ms).
+   */
+  settleMs?: number;
   /** Largest file read (default 10 MiB). */
   maxFileBytes?: number;
 }
@@ -186,6 +215,16 @@ interface FileOutcome {
 interface CachedFile {
   hash: string;
   outcome: FileOutcome;
+}
+
+/** A file whose removals are held until it settles. */
+interface HeldFile {
+  /** What the file looked like at the latest scan: inode, size, mtime and content hash, or 'absent'. */
+  signature: string;
+  /** performance.now() when that signature was first seen. */
+  since: number;
+  /** performance.now() when the removals were first held. */
+  heldAt: number;
 }
 
 interface DirWatch {
@@ -395,6 +434,7 @@ export class ManifestSource implements Source {
   private readonly debounceMs: number;
   private readonly maxDelayMs: number;
   private readonly resyncIntervalMs: number;
+  private readonly settleMs: number;
   private readonly maxFileBytes: number;
   private readonly metrics: {
     scans: Counter<'result'>;
@@ -406,6 +446,9 @@ export class ManifestSource implements Source {
   /** What this source has put into the store, by objectKey. */
   private owned = new Map<string, Found>();
   private cache = new Map<string, CachedFile>();
+  /** Files whose removals are held, by relative path. */
+  private held = new Map<string, HeldFile>();
+  private settleTimer: NodeJS.Timeout | undefined;
   private errors: ManifestError[] = [];
   private errorIds = new Set<string>();
   private isSynced = false;
@@ -426,6 +469,8 @@ export class ManifestSource implements Source {
   private resyncTimer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
   private again = false;
+  /** An explicit rescan() is waiting: the next scan applies removals at once. */
+  private finalWanted = false;
 
   constructor(options: ManifestSourceOptions) {
     this.dir = resolve(options.dir);
@@ -436,6 +481,7 @@ export class ManifestSource implements Source {
     this.debounceMs = options.debounceMs ?? 100;
     this.maxDelayMs = options.maxDelayMs ?? 1000;
     this.resyncIntervalMs = options.resyncIntervalMs ?? 60_000;
+    this.settleMs = options.settleMs ?? DEFAULT_SETTLE_MS;
     this.maxFileBytes = options.maxFileBytes ?? MAX_MANIFEST_FILE_BYTES;
     if (options.registry !== undefined) {
       const registers = [options.registry];
@@ -486,6 +532,7 @@ export class ManifestSource implements Source {
     if (this.stopped) return;
     this.stopped = true;
     clearTimeout(this.debounceTimer);
+    clearTimeout(this.settleTimer);
     clearTimeout(this.rewatchTimer);
     clearInterval(this.resyncTimer);
     this.parentWatcher?.close();
@@ -499,9 +546,16 @@ export class ManifestSource implements Source {
 
   /**
    * Re-scans now (SIGHUP, tests). Resolves when a scan that started after
-   * this call has been applied.
+   * this call has been applied. The caller vouches that the files are
+   * complete: removals are applied at once, held ones included.
    */
   async rescan(): Promise<void> {
+    this.finalWanted = true;
+    await this.runScans();
+  }
+
+  /** Runs a scan, or asks the running one to go round again. */
+  private async runScans(): Promise<void> {
     if (this.running !== undefined) {
       this.again = true;
       await this.running;
@@ -512,7 +566,9 @@ export class ManifestSource implements Source {
       try {
         do {
           this.again = false;
-          await this.scan();
+          const final = this.finalWanted;
+          this.finalWanted = false;
+          await this.scan(final);
         } while (this.again && !this.stopped);
       } finally {
         this.running = undefined;
@@ -535,8 +591,22 @@ export class ManifestSource implements Source {
     this.debounceTimer = setTimeout(() => {
       this.debounceTimer = undefined;
       this.log.debug({ why }, 'rescanning');
-      this.rescan().catch((err: unknown) => this.log.error({ err }, 'manifest scan failed'));
+      this.runScans().catch((err: unknown) => this.log.error({ err }, 'manifest scan failed'));
     }, wait);
+  }
+
+  /** Re-reads the held files when the first of them may have settled. */
+  private scheduleSettle(): void {
+    clearTimeout(this.settleTimer);
+    this.settleTimer = undefined;
+    if (this.stopped || this.held.size === 0) return;
+    let due = Infinity;
+    for (const h of this.held.values()) due = Math.min(due, h.since + this.settleMs);
+    this.settleTimer = setTimeout(() => {
+      this.settleTimer = undefined;
+      this.log.debug('re-reading files whose removals are held');
+      this.runScans().catch((err: unknown) => this.log.error({ err }, 'manifest scan failed'));
+    }, Math.max(1, Math.ceil(due - performance.now())));
   }
 
   /** Watches the parent for DIR itself being replaced (a symlink swap, or delete and re-create). */
@@ -661,24 +731,27 @@ export class ManifestSource implements Source {
   // -------------------------------------------------------------------------
   // Scanning
 
-  private async scan(): Promise<void> {
+  /** One scan; `final`: apply removals at once (an explicit rescan()). */
+  private async scan(final: boolean): Promise<void> {
     const errors: ManifestError[] = [];
     const pass: WatchPass = { wanted: new Set(), failed: false };
     const walked = await this.walk(errors, pass);
     this.pruneWatches(pass);
     if (walked === undefined) {
       // DIR is gone or unreadable: keep everything (last good wins).
+      // Held files are re-read by the next scan that can read DIR.
       this.metrics?.scans.inc({ result: 'failed' });
-      this.finish(errors, { files: 0, objects: this.owned.size, upserted: 0, deleted: 0, ignored: 0, retained: this.owned.size, errors });
+      this.finish(errors, { files: 0, objects: this.owned.size, upserted: 0, deleted: 0, ignored: 0, retained: this.owned.size, held: 0, errors });
       return;
     }
     const { files, unreadableDirs } = walked;
 
     const outcomes = new Map<string, FileOutcome>();
     const nextCache = new Map<string, CachedFile>();
+    const signatures = new Map<string, string>();
     let ignored = 0;
     for (const rel of files) {
-      const outcome = await this.readManifest(rel, nextCache);
+      const outcome = await this.readManifest(rel, nextCache, signatures);
       if (outcome === undefined) continue; // vanished since the walk
       outcomes.set(rel, outcome);
       errors.push(...outcome.errors);
@@ -695,18 +768,37 @@ export class ManifestSource implements Source {
       else list.push(f);
     };
     for (const outcome of outcomes.values()) outcome.found.forEach(add);
+    const supplies = new Map<string, Set<string>>();
+    const supplied = (file: string, outcome: FileOutcome, key: string): boolean => {
+      let keys = supplies.get(file);
+      if (keys === undefined) supplies.set(file, (keys = new Set(outcome.found.map((f) => f.key))));
+      return keys.has(key);
+    };
     let retained = 0;
+    // What each file no longer supplies (it yields fewer objects, or is gone).
+    const dropped = new Map<string, Found[]>();
     for (const [key, prev] of this.owned) {
       const outcome = outcomes.get(prev.file);
-      const keep =
-        outcome !== undefined
-          ? (outcome.keepAll || outcome.keepKeys.has(key)) && !outcome.found.some((f) => f.key === key)
-          : unreadableDirs.some((d) => prev.file.startsWith(`${d}/`));
+      if (outcome !== undefined && supplied(prev.file, outcome, key)) continue;
+      const keep = outcome !== undefined ? outcome.keepAll || outcome.keepKeys.has(key) : unreadableDirs.some((d) => prev.file.startsWith(`${d}/`));
       if (keep) {
         add(prev);
         retained++;
+        continue;
       }
+      const list = dropped.get(prev.file);
+      if (list === undefined) dropped.set(prev.file, [prev]);
+      else list.push(prev);
     }
+    // Held objects stay candidates of their file, so the file keeps them
+    // even against a definition elsewhere: a duplicate must not take over
+    // because its owner was read half-written.
+    const heldKeys = new Set<string>();
+    for (const f of this.holdRemovals(dropped, signatures, final)) {
+      add(f);
+      heldKeys.add(f.key);
+    }
+    const held = heldKeys.size;
 
     const desired = new Map<string, Found>();
     for (const [key, list] of candidates) {
@@ -714,6 +806,10 @@ export class ManifestSource implements Source {
       const winner = list.find((f) => f.file === owner) ?? list[0];
       if (winner === undefined) continue;
       desired.set(key, winner);
+      // While its owner's removal is held, a definition elsewhere is not
+      // reported: it may be the object moving there. If the owner still
+      // holds it once settled, the duplicate is reported then.
+      if (heldKeys.has(key)) continue;
       for (const loser of list) {
         if (loser === winner) continue;
         const object = describeObject(loser.object);
@@ -732,8 +828,43 @@ export class ManifestSource implements Source {
     const { upserted, deleted } = this.apply(desired);
     this.owned = desired;
     this.isSynced = true;
+    this.scheduleSettle();
     this.metrics?.scans.inc({ result: errors.length > 0 ? 'errors' : 'ok' });
-    this.finish(errors, { files: files.length, objects: desired.size, upserted, deleted, ignored, retained, errors });
+    this.finish(errors, { files: files.length, objects: desired.size, upserted, deleted, ignored, retained, held, errors });
+  }
+
+  /**
+   * Decides, per file, whether the objects it no longer supplies are removed
+   * now or held; returns the held ones. A file's removals are applied once
+   * it has looked the same (signature) for settleMs, or at once by a final
+   * scan. Updates `held`; the caller re-arms the settle timer.
+   */
+  private holdRemovals(dropped: Map<string, Found[]>, signatures: Map<string, string>, final: boolean): Found[] {
+    const now = performance.now();
+    const kept: Found[] = [];
+    const next = new Map<string, HeldFile>();
+    for (const [file, objects] of dropped) {
+      const signature = signatures.get(file) ?? 'absent';
+      const prev = this.held.get(file);
+      let entry: HeldFile | undefined;
+      if (final) entry = undefined;
+      else if (prev === undefined) {
+        entry = { signature, since: now, heldAt: now };
+        this.log.info({ file, count: objects.length, settleMs: this.settleMs, present: signature !== 'absent' }, 'removals held until the file settles');
+      } else if (prev.signature !== signature) entry = { ...prev, signature, since: now };
+      else if (now - prev.since < this.settleMs) entry = prev;
+      if (entry !== undefined) {
+        next.set(file, entry);
+        kept.push(...objects);
+      } else if (prev !== undefined) {
+        this.log.info({ file, count: objects.length, heldMs: Math.round(now - prev.heldAt), present: signature !== 'absent' }, 'held removals applied: the file settled without those objects');
+      }
+    }
+    for (const file of this.held.keys()) {
+      if (!dropped.has(file)) this.log.info({ file }, 'held removals withdrawn: the file no longer drops those objects');
+    }
+    this.held = next;
+    return kept;
   }
 
   private apply(desired: Map<string, Found>): { upserted: number; deleted: number } {
@@ -784,7 +915,7 @@ export class ManifestSource implements Source {
     this.metrics?.errors.set(errors.length);
     this.metrics?.objects.set(result.objects);
     this.log.info(
-      { files: result.files, objects: result.objects, upserted: result.upserted, deleted: result.deleted, ignored: result.ignored, retained: result.retained, errors: errors.length },
+      { files: result.files, objects: result.objects, upserted: result.upserted, deleted: result.deleted, ignored: result.ignored, retained: result.retained, held: result.held, errors: errors.length },
       'manifests scanned',
     );
     try {
@@ -860,7 +991,11 @@ export class ManifestSource implements Source {
     return ok ? { files, unreadableDirs } : undefined;
   }
 
-  private async readManifest(rel: string, nextCache: Map<string, CachedFile>): Promise<FileOutcome | undefined> {
+  /**
+   * Reads and parses one file (unchanged content from the cache), noting in
+   * `signatures` what it looked like: inode, size, mtime and content hash.
+   */
+  private async readManifest(rel: string, nextCache: Map<string, CachedFile>, signatures: Map<string, string>): Promise<FileOutcome | undefined> {
     const abs = join(this.dir, rel);
     const fail = (reason: ManifestErrorReason, message: string): FileOutcome => ({
       found: [],
@@ -870,8 +1005,9 @@ export class ManifestSource implements Source {
       ignored: 0,
     });
     let buf: Buffer;
+    let st;
     try {
-      const st = await stat(abs);
+      st = await stat(abs);
       if (!st.isFile()) return undefined;
       if (st.size > this.maxFileBytes) {
         return fail('too-large', `${rel}: ${formatBytes(st.size)} is over the ${formatBytes(this.maxFileBytes)} limit for a manifest file; split it into smaller files (the objects loaded from it before are kept)`);
@@ -885,6 +1021,7 @@ export class ManifestSource implements Source {
       return fail('too-large', `${rel}: ${formatBytes(buf.length)} is over the ${formatBytes(this.maxFileBytes)} limit for a manifest file; split it into smaller files (the objects loaded from it before are kept)`);
     }
     const hash = createHash('sha256').update(buf).digest('hex');
+    signatures.set(rel, `${st.ino}:${st.size}:${st.mtimeMs}:${hash}`);
     const cached = this.cache.get(rel);
     if (cached !== undefined && cached.hash === hash) {
       nextCache.set(rel, cached);

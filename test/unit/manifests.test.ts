@@ -1,11 +1,12 @@
-import { cp, mkdir, mkdtemp, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import { truncateSync, writeFileSync } from 'node:fs';
+import { cp, mkdir, mkdtemp, open, readFile, rename, rm, symlink, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { ObjectStore, type StoreChange } from '../../src/model/store.js';
-import { isIgnoredName, ManifestSource, type ManifestError, type ManifestSourceOptions, type ScanResult } from '../../src/sources/manifests.js';
+import { DEFAULT_SETTLE_MS, isIgnoredName, ManifestSource, type ManifestError, type ManifestSourceOptions, type ScanResult } from '../../src/sources/manifests.js';
 
 const FIXTURES = join(dirname(fileURLToPath(import.meta.url)), '..', 'fixtures', 'manifests');
 
@@ -14,6 +15,8 @@ let store: ObjectStore;
 let source: ManifestSource | undefined;
 let errors: ManifestError[];
 let scans: ScanResult[];
+/** performance.now() when each scan had been applied, in step with `scans`. */
+let scanTimes: number[];
 let logLines: string[];
 
 beforeEach(async () => {
@@ -21,6 +24,7 @@ beforeEach(async () => {
   store = new ObjectStore();
   errors = [];
   scans = [];
+  scanTimes = [];
   logLines = [];
 });
 
@@ -37,7 +41,10 @@ async function startSource(root: string, extra: Partial<ManifestSourceOptions> =
     store,
     logger,
     onError: (e) => errors.push(e),
-    onScan: (r) => scans.push(r),
+    onScan: (r) => {
+      scans.push(r);
+      scanTimes.push(performance.now());
+    },
     resyncIntervalMs: 0, // only watch events may trigger a re-scan here
     ...extra,
   });
@@ -416,6 +423,204 @@ describe('watching, after atomic replacements (no periodic re-scan)', () => {
     // A directory of the same name created again is watched again.
     await writeAtomicSameTmp(file, policyYaml('Audit', 1004));
     await waitUntil('the re-created subdirectory is loaded', () => port() === 1004, 2000);
+  });
+});
+
+// A file rewritten in place (truncate, then write) can be read half-written.
+// What is missing from such a read must not be deleted before the file has
+// settled: for that moment a policy would be gone and denied traffic pass
+// (bench/results/soak-run1.md). Each case watches the store's change stream.
+describe('files rewritten in place: removals wait for the file to settle', () => {
+  const NO_RESYNC = { resyncIntervalMs: 3_600_000 };
+  const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+  function twoPolicies(port = 443, mode = 'Enforce'): string {
+    const policy = (name: string): string => `apiVersion: weir.dev/v1alpha1
+kind: EgressPolicy
+metadata: {name: ${name}, namespace: ml}
+spec:
+  podSelector: {matchLabels: {app: ${name}}}
+  mode: ${mode}
+  egress:
+  - ports: [{port: ${String(port)}}]
+`;
+    return `${policy('a')}---\n${policy('b')}`;
+  }
+  const firstDocOnly = (text: string): string => text.slice(0, text.indexOf('---'));
+
+  interface Seen {
+    at: number;
+    type: StoreChange['type'];
+    key: string;
+  }
+  function recordChanges(): Seen[] {
+    const seen: Seen[] = [];
+    store.onChange((c) => seen.push({ at: performance.now(), type: c.type, key: c.key }));
+    return seen;
+  }
+  const deletes = (seen: Seen[]): string[] => seen.filter((c) => c.type === 'delete').map((c) => c.key);
+  const logged = (msg: string): Record<string, unknown>[] =>
+    logLines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l['msg'] === msg);
+  const HELD = 'removals held until the file settles';
+  const APPLIED = 'held removals applied: the file settled without those objects';
+
+  test('a file truncated to zero bytes, then rewritten with the same policies within the settle: no delete is ever emitted', async () => {
+    const file = join(dir, 'policies.yaml');
+    await writeFile(file, twoPolicies());
+    await startSource(dir, { ...NO_RESYNC, debounceMs: 20, settleMs: 1000 });
+    const seen = recordChanges();
+    const n = scans.length;
+    await truncate(file, 0);
+    await waitUntil('a scan read the empty file', () => scans.length > n);
+    expect(store.egressPolicies()).toHaveLength(2);
+    await writeFile(file, twoPolicies());
+    await sleep(1000 + 500); // past the settle
+    expect(deletes(seen)).toEqual([]);
+    expect(store.egressPolicies()).toHaveLength(2);
+    expect(logged(HELD)).toEqual([expect.objectContaining({ level: 30, file: 'policies.yaml', count: 2, settleMs: 1000 })]);
+    expect(logged(APPLIED)).toEqual([]);
+  });
+
+  test('a file cut at a document boundary (first document only), then completed: no delete is ever emitted', async () => {
+    const file = join(dir, 'policies.yaml');
+    await writeFile(file, twoPolicies());
+    await startSource(dir, { ...NO_RESYNC, debounceMs: 20, settleMs: 1000 });
+    const seen = recordChanges();
+    const n = scans.length;
+    await writeFile(file, firstDocOnly(twoPolicies(8443))); // in place: truncate, write
+    await waitUntil('a scan read the first document and held the second', () => scans.slice(n).some((r) => r.held === 1));
+    // What the cut file still holds is applied at once; what it lacks is held.
+    expect(store.get('EgressPolicy', 'ml', 'a')?.spec.egress?.[0]?.ports?.[0]?.port).toBe(8443);
+    expect(store.get('EgressPolicy', 'ml', 'b')).toBeDefined();
+    await writeFile(file, twoPolicies(8443));
+    await sleep(1000 + 500);
+    expect(deletes(seen)).toEqual([]);
+    expect(store.get('EgressPolicy', 'ml', 'b')?.spec.egress?.[0]?.ports?.[0]?.port).toBe(8443);
+    expect(logged(HELD)).toEqual([expect.objectContaining({ file: 'policies.yaml' })]);
+  });
+
+  test('a file that really shrinks (a policy removed for good): the delete is emitted once the default settle has passed', async () => {
+    const file = join(dir, 'policies.yaml');
+    await writeFile(file, twoPolicies());
+    await startSource(dir, NO_RESYNC); // default debounce and settle
+    const seen = recordChanges();
+    const n = scans.length;
+    await writeFile(file, firstDocOnly(twoPolicies()));
+    await waitUntil('the removed policy is deleted', () => deletes(seen).length > 0, 3000);
+    expect(deletes(seen)).toEqual(['EgressPolicy/ml/b']);
+    expect(store.get('EgressPolicy', 'ml', 'a')).toBeDefined();
+    // Not by the scan that first read the shorter file, but one settle later.
+    const firstRead = scanTimes[n] ?? Infinity;
+    const deletedAt = seen.find((c) => c.type === 'delete')?.at ?? -Infinity;
+    expect(deletedAt - firstRead).toBeGreaterThanOrEqual(DEFAULT_SETTLE_MS - 5);
+    // 1, or 2 if a scan caught the file empty between truncation and write.
+    expect(logged(HELD)).toEqual([expect.objectContaining({ level: 30, file: 'policies.yaml', count: expect.any(Number), settleMs: DEFAULT_SETTLE_MS })]);
+    expect(logged(APPLIED)).toEqual([expect.objectContaining({ level: 30, file: 'policies.yaml', count: 1 })]);
+    expect(DEFAULT_SETTLE_MS).toBe(200); // twice the default debounce
+  });
+
+  test('an unlinked file: its objects are removed once the settle has passed', async () => {
+    const file = join(dir, 'policies.yaml');
+    await writeFile(file, twoPolicies());
+    await writeFile(join(dir, 'other.yaml'), 'apiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n');
+    await startSource(dir, { ...NO_RESYNC, debounceMs: 20, settleMs: 300 });
+    const seen = recordChanges();
+    const n = scans.length;
+    await rm(file);
+    await waitUntil('both policies are deleted', () => deletes(seen).length === 2, 3000);
+    expect(deletes(seen).sort()).toEqual(['EgressPolicy/ml/a', 'EgressPolicy/ml/b']);
+    const firstRead = scanTimes[n] ?? Infinity;
+    for (const c of seen) expect(c.at - firstRead).toBeGreaterThanOrEqual(300 - 5);
+    expect(store.namespace('other')).toBeDefined();
+    expect(logged(HELD)).toEqual([expect.objectContaining({ file: 'policies.yaml', count: 2 })]);
+    expect(logged(APPLIED)).toEqual([expect.objectContaining({ file: 'policies.yaml', count: 2 })]);
+  });
+
+  test('an editor that unlinks the file and writes it again within the settle: no delete is ever emitted', async () => {
+    const file = join(dir, 'policies.yaml');
+    await writeFile(file, twoPolicies());
+    await startSource(dir, { ...NO_RESYNC, debounceMs: 20, settleMs: 1000 });
+    const seen = recordChanges();
+    const n = scans.length;
+    await rm(file);
+    await waitUntil('a scan saw the file gone', () => scans.length > n);
+    await writeFile(file, twoPolicies(8443));
+    await waitUntil('the new version is applied', () => store.get('EgressPolicy', 'ml', 'b')?.spec.egress?.[0]?.ports?.[0]?.port === 8443);
+    await sleep(1000 + 500);
+    expect(deletes(seen)).toEqual([]);
+    expect(store.egressPolicies()).toHaveLength(2);
+  });
+
+  test('a rename-over (atomic save) still applies a modification at once, and a removal after the settle', async () => {
+    const file = join(dir, 'policies.yaml');
+    await writeFile(file, twoPolicies());
+    await startSource(dir, { ...NO_RESYNC, settleMs: 300 });
+    const seen = recordChanges();
+    let n = scans.length;
+    await writeAtomicSameTmp(file, twoPolicies(443, 'Audit'));
+    await waitUntil('the new version is applied', () => store.egressPolicies().every((p) => p.spec.mode === 'Audit'), 2000);
+    expect(seen.map((c) => c.type)).toEqual(['upsert', 'upsert']);
+    expect(scans.slice(n).filter((r) => r.held > 0)).toEqual([]); // nothing was held on the way
+    expect(logged(HELD)).toEqual([]);
+    n = scans.length;
+    await writeAtomicSameTmp(file, firstDocOnly(twoPolicies(443, 'Audit')));
+    await waitUntil('the removed policy is deleted', () => deletes(seen).length === 1, 2000);
+    expect(deletes(seen)).toEqual(['EgressPolicy/ml/b']);
+    expect((seen.at(-1)?.at ?? 0) - (scanTimes[n] ?? Infinity)).toBeGreaterThanOrEqual(300 - 5);
+    expect(store.get('EgressPolicy', 'ml', 'a')?.spec.mode).toBe('Audit');
+  });
+
+  test('a policy moved to another file: no delete and no duplicate error; the new file supplies it once the old one has settled', async () => {
+    await writeFile(join(dir, 'a.yaml'), twoPolicies());
+    await startSource(dir, { ...NO_RESYNC, debounceMs: 20, settleMs: 300 });
+    const seen = recordChanges();
+    const n = scans.length;
+    await writeAtomic(join(dir, 'a.yaml'), firstDocOnly(twoPolicies()));
+    await waitUntil('a scan held the policy a.yaml dropped', () => scans.slice(n).some((r) => r.held === 1));
+    await writeAtomic(join(dir, 'b.yaml'), twoPolicies(8443).slice(firstDocOnly(twoPolicies(8443)).length + '---\n'.length));
+    await waitUntil('b.yaml supplies the policy', () => store.get('EgressPolicy', 'ml', 'b')?.spec.egress?.[0]?.ports?.[0]?.port === 8443, 2000);
+    expect(deletes(seen)).toEqual([]);
+    expect(errors).toEqual([]);
+    expect(store.egressPolicies()).toHaveLength(2);
+  });
+
+  test('300 non-atomic rewrites of a file holding 2 policies (as in the soak): the policy count never drops below 2', async () => {
+    const file = join(dir, 'policies.yaml');
+    await writeFile(file, twoPolicies(1000));
+    // Scan as often as the watcher allows, so scans land inside the rewrites.
+    await startSource(dir, { ...NO_RESYNC, debounceMs: 1, maxDelayMs: 5 });
+    const seen = recordChanges();
+    let fewest = store.egressPolicies().length;
+    store.onChange(() => (fewest = Math.min(fewest, store.egressPolicies().length)));
+    const n = scans.length;
+    const last = 300;
+    for (let i = 1; i <= last; i++) {
+      const text = twoPolicies(1000 + i);
+      if (i % 2 === 0) {
+        truncateSync(file);
+        await sleep(Math.random() < 0.5 ? 0 : 1);
+        writeFileSync(file, text);
+      } else {
+        // open 'w' truncates; the second document follows a moment later.
+        const fh = await open(file, 'w');
+        try {
+          await fh.write(firstDocOnly(text));
+          await sleep(1);
+          await fh.write(text.slice(firstDocOnly(text).length));
+        } finally {
+          await fh.close();
+        }
+      }
+      await sleep(Math.random() * 4);
+    }
+    const port = (name: string): unknown => store.get('EgressPolicy', 'ml', name)?.spec.egress?.[0]?.ports?.[0]?.port;
+    await waitUntil('the last rewrite is applied', () => port('a') === 1000 + last && port('b') === 1000 + last, 3000);
+    await sleep(DEFAULT_SETTLE_MS + 300);
+    const heldScans = scans.slice(n).filter((s) => s.held > 0).length;
+    expect(fewest, `${String(heldScans)} of ${String(scans.length - n)} scans held removals`).toBe(2);
+    expect(deletes(seen)).toEqual([]);
+    // The scans did read half-written files (otherwise this proves nothing).
+    expect(heldScans).toBeGreaterThan(0);
   });
 });
 
