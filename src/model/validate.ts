@@ -1552,7 +1552,7 @@ export function identify(raw: unknown): ObjectIdentity {
     if (typeof m['name'] === 'string' && m['name'] !== '') id.name = m['name'];
     if (typeof m['namespace'] === 'string' && m['namespace'] !== '') id.namespace = m['namespace'];
   }
-  const info = id.kind !== undefined ? KINDS[id.kind] : undefined;
+  const info = id.kind !== undefined && Object.hasOwn(KINDS, id.kind) ? KINDS[id.kind] : undefined;
   if (info?.scope === 'namespaced' && id.namespace === undefined) id.namespace = 'default';
   if (info !== undefined && id.kind !== undefined && id.name !== undefined) {
     id.key = objectKey({ kind: id.kind, metadata: { name: id.name, namespace: info.scope === 'namespaced' ? id.namespace : undefined } });
@@ -1582,11 +1582,12 @@ export function validateObject(raw: unknown, where: ValidationLocation = {}): Va
   }
   if (typeof kind !== 'string' || typeof apiVersion !== 'string' || c.failed) return fail(c);
 
-  const info = KINDS[kind];
+  // Own properties only: `valueOf` or `constructor` is a kind weir does not read, not Object.prototype's.
+  const info = Object.hasOwn(KINDS, kind) ? KINDS[kind] : undefined;
   const { group, version } = splitApiVersion(apiVersion);
   if (info === undefined) return { ok: false, ignored: true, apiVersion, kind };
   if (group !== info.group) {
-    if (MOVED[kind]?.includes(group)) {
+    if (Object.hasOwn(MOVED, kind) && MOVED[kind]?.includes(group)) {
       c.add('apiVersion', `${show(apiVersion)} is no longer served for ${kind} (expected ${info.group === '' ? '' : `${info.group}/`}${info.version})`);
       return fail(c);
     }

@@ -337,7 +337,7 @@ describe('well-typed but wrong objects of every kind', () => {
     const good = valid(TEMPLATES['EgressPolicy']);
     await fc.assert(
       fc.asyncProperty(
-        fc.oneof(fc.string({ minLength: 1, maxLength: 12 }).filter((k) => !KINDS.includes(k) && !k.endsWith('List')), fc.constantFrom('Deployment', 'ConfigMap', 'Secret', 'CustomResourceDefinition')),
+        fc.oneof(fc.string({ minLength: 1, maxLength: 12 }).filter((k) => !KINDS.includes(k) && !k.endsWith('List')), fc.constantFrom('Deployment', 'ConfigMap', 'Secret', 'CustomResourceDefinition', 'valueOf', 'constructor', 'toString', 'hasOwnProperty', '__proto__')),
         fc.constantFrom('v1', 'apps/v1', 'example.com/v1', 'weir.dev/v1alpha1'),
         async (kind, apiVersion) => {
           await overwrite('kind.yaml', good, stringify({ apiVersion, kind, metadata: { name: 'x' }, spec: { podSelector: {} } }), (errors) => {

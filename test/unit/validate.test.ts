@@ -397,3 +397,14 @@ describe('IP and CIDR parsing', () => {
     expect(parseCIDR(s)).toBeUndefined();
   });
 });
+
+describe('kinds named like Object.prototype members', () => {
+  test('are kinds weir does not read (ignored), not a crash', () => {
+    for (const kind of ['valueOf', 'constructor', 'toString', 'hasOwnProperty', '__proto__', 'isPrototypeOf']) {
+      for (const apiVersion of ['v1', 'networking.k8s.io/v1', 'weir.dev/v1alpha1']) {
+        const r = validateObject({ apiVersion, kind, metadata: { name: 'x', namespace: 'y' } });
+        expect(r, `${apiVersion} ${kind}`).toMatchObject({ ok: false, ignored: true, kind });
+      }
+    }
+  });
+});
