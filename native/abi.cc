@@ -122,6 +122,7 @@ Napi::Object AbiInfo(Napi::Env env) {
   CONST(WEIR_SET_F_E_ISOLATED);
   CONST(WEIR_SET_F_A_ISOLATED);
   CONST(WEIR_SET_F_NOT_COMPILED);
+  CONST(WEIR_SET_F_FQDN);
 
   CONST(WEIR_TRIE_STRIDE);
   CONST(WEIR_TRIE_FANOUT);
@@ -161,6 +162,15 @@ Napi::Object AbiInfo(Napi::Env env) {
   CONST(WEIR_STAT_AGG_INSERT_FAILED);
   CONST(WEIR_STAT_FRAGMENTS);
   CONST(WEIR_STAT_L4_UNKNOWN);
+  CONST(WEIR_STAT_DNS_QUERIES);
+  CONST(WEIR_STAT_DNS_QUERIES_NOT_ALLOWED);
+  CONST(WEIR_STAT_DNS_QUERIES_INVALID);
+  CONST(WEIR_STAT_DNS_ANSWERS);
+  CONST(WEIR_STAT_DNS_IGNORED_NO_QUERY);
+  CONST(WEIR_STAT_DNS_IGNORED_RCODE);
+  CONST(WEIR_STAT_DNS_IGNORED_INVALID);
+  CONST(WEIR_STAT_FQDN_LEARNED);
+  CONST(WEIR_STAT_FQDN_REFUSED);
   CONST(WEIR_STAT__MAX);
 
   STRUCT(weir_ct_key);
@@ -192,6 +202,7 @@ Napi::Object AbiInfo(Napi::Env env) {
 
   // enum weir_record_type
   CONST(WEIR_REC_VERDICT);
+  CONST(WEIR_REC_DNS);
 
   STRUCT(weir_event);
   FIELD(weir_event, type);
@@ -217,6 +228,31 @@ Napi::Object AbiInfo(Napi::Env env) {
   FIELD(weir_event, _pad2);
   FIELD(weir_event, comm);
 
+  CONST(WEIR_DNS_EV_LEARNED);
+  CONST(WEIR_DNS_EV_REFUSED);
+  CONST(WEIR_DNS_EV_INTENT);
+  CONST(WEIR_DNS_REFUSED_SLOTS);
+  CONST(WEIR_DNS_REFUSED_MAP_FULL);
+  CONST(WEIR_DNS_NAME_MAX);
+  STRUCT(weir_dns_event);
+  FIELD(weir_dns_event, type);
+  FIELD(weir_dns_event, kind);
+  FIELD(weir_dns_event, family);
+  FIELD(weir_dns_event, reason);
+  FIELD(weir_dns_event, endpoint_id);
+  FIELD(weir_dns_event, set_id);
+  FIELD(weir_dns_event, ttl);
+  FIELD(weir_dns_event, count);
+  FIELD(weir_dns_event, pid);
+  FIELD(weir_dns_event, ts_ns);
+  FIELD(weir_dns_event, qhash);
+  FIELD(weir_dns_event, expires_ns);
+  FIELD(weir_dns_event, addr);
+  FIELD(weir_dns_event, name_len);
+  FIELD(weir_dns_event, qtype);
+  FIELD(weir_dns_event, _pad);
+  FIELD(weir_dns_event, name);
+
   STRUCT(weir_sk_owner);
   FIELD(weir_sk_owner, pid);
   FIELD(weir_sk_owner, _pad);
@@ -237,7 +273,62 @@ Napi::Object AbiInfo(Napi::Env env) {
   FIELD(weir_node_state, flags);
   FIELD(weir_node_state, _pad);
   FIELD(weir_node_state, updated_ns);
+  FIELD(weir_node_state, dns_secret);
   CONST(WEIR_NODE_F_CT_FULL);
+
+  STRUCT(weir_dns_resolver_key);
+  FIELD(weir_dns_resolver_key, family);
+  FIELD(weir_dns_resolver_key, _pad);
+  FIELD(weir_dns_resolver_key, port);
+  FIELD(weir_dns_resolver_key, addr);
+  STRUCT(weir_dns_resolver_value);
+  FIELD(weir_dns_resolver_value, flags);
+
+  CONST(WEIR_DNS_KEY_EXACT);
+  CONST(WEIR_DNS_KEY_WILDCARD);
+  STRUCT(weir_dns_key);
+  FIELD(weir_dns_key, set_id);
+  FIELD(weir_dns_key, kind);
+  FIELD(weir_dns_key, _pad);
+  FIELD(weir_dns_key, hash);
+  STRUCT(weir_fqdn_key_value);
+  FIELD(weir_fqdn_key_value, class_id);
+
+  STRUCT(weir_dns_query_key);
+  FIELD(weir_dns_query_key, endpoint_id);
+  FIELD(weir_dns_query_key, family);
+  FIELD(weir_dns_query_key, _pad);
+  FIELD(weir_dns_query_key, pod_port);
+  FIELD(weir_dns_query_key, dns_id);
+  FIELD(weir_dns_query_key, resolver_port);
+  FIELD(weir_dns_query_key, resolver);
+  STRUCT(weir_dns_query_value);
+  FIELD(weir_dns_query_value, matched);
+  FIELD(weir_dns_query_value, qhash);
+  FIELD(weir_dns_query_value, expires_ns);
+
+  CONST(WEIR_FQDN_SLOTS);
+  STRUCT(weir_fqdn_learned_key);
+  FIELD(weir_fqdn_learned_key, endpoint_id);
+  FIELD(weir_fqdn_learned_key, family);
+  FIELD(weir_fqdn_learned_key, _pad);
+  FIELD(weir_fqdn_learned_key, addr);
+  STRUCT(weir_fqdn_slot);
+  FIELD(weir_fqdn_slot, kind);
+  FIELD(weir_fqdn_slot, _pad);
+  FIELD(weir_fqdn_slot, hash);
+  FIELD(weir_fqdn_slot, expires_ns);
+  FIELD(weir_fqdn_slot, last_use_ns);
+  STRUCT(weir_fqdn_learned_value);
+  FIELD(weir_fqdn_learned_value, slot);
+
+  CONST(WEIR_DNS_QUERY_TIMEOUT_S);
+  CONST(WEIR_FQDN_TTL_MIN_S);
+  CONST(WEIR_FQDN_TTL_MAX_S);
+  CONST(WEIR_FQDN_GRACE_S);
+  CONST(WEIR_DNS_SCRATCH_EGRESS);
+  CONST(WEIR_DNS_SCRATCH_INGRESS);
+  CONST(WEIR_DNS_SCRATCH_ENTRIES);
 
   STRUCT(weir_config);
   FIELD(weir_config, pod_level_lo);
@@ -257,6 +348,10 @@ Napi::Object AbiInfo(Napi::Env env) {
   CONST(WEIR_DEFAULT_MAX_POD_IPS);
   CONST(WEIR_DEFAULT_AGG_ENTRIES);
   CONST(WEIR_DEFAULT_RINGBUF_BYTES);
+  CONST(WEIR_DEFAULT_DNS_RESOLVERS);
+  CONST(WEIR_DEFAULT_FQDN_KEYS);
+  CONST(WEIR_DEFAULT_DNS_QUERIES);
+  CONST(WEIR_DEFAULT_FQDN_LEARNED);
 
   return t.Finish();
 }

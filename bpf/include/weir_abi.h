@@ -138,6 +138,10 @@ _Static_assert(sizeof(struct weir_set_value) == 16, "weir_set_value");
 #define WEIR_SET_F_E_ISOLATED 0x2	/* an Enforce policy selects the pods */
 #define WEIR_SET_F_A_ISOLATED 0x4	/* an Audit policy selects the pods */
 #define WEIR_SET_F_NOT_COMPILED 0x8	/* written fail closed: the policy never compiled */
+/* The set has fqdn peers: its keys are in weir_fqdn_keys (written before
+ * this flag), its pods' DNS queries are tracked and what their answers
+ * teach is consulted on the would-drop path (see weir_fqdn_learned). */
+#define WEIR_SET_F_FQDN       0x10
 
 /* ---- destination trie (multibit, stride 8) ---------------------------- */
 
@@ -220,7 +224,20 @@ enum weir_stat {
 	WEIR_STAT_AGG_INSERT_FAILED = 6,
 	WEIR_STAT_FRAGMENTS = 7,	/* non-first fragments judged by address */
 	WEIR_STAT_L4_UNKNOWN = 8,	/* IP header read, transport header not */
-	WEIR_STAT__MAX = 9,
+	/* DNS learning (docs/architecture.md, "DNS-aware egress"). Queries
+	 * from pods of sets with WEIR_SET_F_FQDN to a trusted resolver: */
+	WEIR_STAT_DNS_QUERIES = 9,		/* tracked in weir_dns_queries */
+	WEIR_STAT_DNS_QUERIES_NOT_ALLOWED = 10,	/* for a name no key of the set matches (intent record) */
+	WEIR_STAT_DNS_QUERIES_INVALID = 11,	/* not a query weir parses (its answer teaches nothing) */
+	/* Answers from a trusted resolver to such pods: */
+	WEIR_STAT_DNS_ANSWERS = 12,		/* matched their query and parsed whole: learned from */
+	WEIR_STAT_DNS_IGNORED_NO_QUERY = 13,	/* no unexpired query waits for it (late, second, forged) */
+	WEIR_STAT_DNS_IGNORED_RCODE = 14,	/* not NOERROR, or truncated: nothing to learn */
+	WEIR_STAT_DNS_IGNORED_INVALID = 15,	/* malformed, or not the question asked (records before a fault may be learned) */
+	/* Addresses of those answers: */
+	WEIR_STAT_FQDN_LEARNED = 16,		/* a key newly learned on an address (refreshes not counted) */
+	WEIR_STAT_FQDN_REFUSED = 17,		/* not learned: 4 live keys on it, or weir_fqdn_learned full */
+	WEIR_STAT__MAX = 18,
 };
 
 /* ---- conntrack for inbound flows --------------------------------------- */
@@ -260,6 +277,12 @@ _Static_assert(sizeof(struct weir_ct_value) == 8, "weir_ct_value");
  * event_interval_ns only raise `pending`, which the next event carries as
  * its count. Counters stay exact regardless.
  */
+/*
+ * DNS records (struct weir_dns_event) are aggregated in the same map under
+ * family 0, which no flow has: proto = the record kind (WEIR_DNS_EV_*),
+ * and dst = the question hash (8 bytes, intent) or the address (refused,
+ * with verdict = its family); the other fields are 0.
+ */
 struct weir_agg_key {
 	__u32 endpoint_id;
 	__u8 family;
@@ -284,7 +307,8 @@ _Static_assert(sizeof(struct weir_agg_value) == 16, "weir_agg_value");
 /* Every ring record starts with this type byte. Append only. Userspace
  * counts unknown types and skips them. */
 enum weir_record_type {
-	WEIR_REC_VERDICT = 1,
+	WEIR_REC_VERDICT = 1,	/* struct weir_event */
+	WEIR_REC_DNS = 2,	/* struct weir_dns_event */
 };
 
 struct weir_event {
@@ -312,6 +336,48 @@ struct weir_event {
 	char comm[16];
 };
 _Static_assert(sizeof(struct weir_event) == 104, "weir_event");
+
+/*
+ * WEIR_REC_DNS: what DNS learning did for a pod, for the agent's log,
+ * status and audit trail (docs/architecture.md, "DNS-aware egress"):
+ *   LEARNED  a key was newly learned on an address (not sent on refresh);
+ *   REFUSED  an address of an answer was not learned (reason: 4 live keys
+ *            on it, or weir_fqdn_learned full); once per pod and address
+ *            per event interval, `count` says how many;
+ *   INTENT   the pod asked a resolver for a name no rule of its set
+ *            allows; once per pod and name per event interval.
+ * The name is the question's, in wire form (length-prefixed labels; a
+ * response's question may end in a compression pointer into the header).
+ * Bytes of name[] past name_len are not part of it.
+ */
+#define WEIR_DNS_EV_LEARNED 1
+#define WEIR_DNS_EV_REFUSED 2
+#define WEIR_DNS_EV_INTENT  3
+
+#define WEIR_DNS_REFUSED_SLOTS    1	/* the address has WEIR_FQDN_SLOTS live keys of the pod */
+#define WEIR_DNS_REFUSED_MAP_FULL 2	/* weir_fqdn_learned is full */
+
+#define WEIR_DNS_NAME_MAX 256
+struct weir_dns_event {
+	__u8 type;		/* WEIR_REC_DNS */
+	__u8 kind;		/* WEIR_DNS_EV_* */
+	__u8 family;		/* of addr: AF_INET or AF_INET6 */
+	__u8 reason;		/* REFUSED: WEIR_DNS_REFUSED_*, else 0 */
+	__u32 endpoint_id;
+	__u32 set_id;		/* the pod's set when it happened */
+	__u32 ttl;		/* LEARNED, REFUSED: the record's TTL in seconds */
+	__u32 count;		/* occurrences this record stands for (>= 1) */
+	__u32 pid;		/* INTENT: the sending process (tgid) when known, else 0 */
+	__u64 ts_ns;		/* bpf_ktime_get_ns() */
+	__u64 qhash;		/* keyed hash of the question name */
+	__u64 expires_ns;	/* LEARNED: the slot's expiry (bpf_ktime_get_ns() clock) */
+	__u8 addr[16];		/* LEARNED, REFUSED: the address; INTENT: the resolver */
+	__u16 name_len;		/* bytes of name[] that are the name */
+	__u16 qtype;		/* the question's type */
+	__u32 _pad;
+	__u8 name[WEIR_DNS_NAME_MAX];
+};
+_Static_assert(sizeof(struct weir_dns_event) == 72 + WEIR_DNS_NAME_MAX, "weir_dns_event");
 
 /* ---- socket owner (sk_storage) ----------------------------------------- */
 
@@ -371,10 +437,143 @@ struct weir_node_state {
 	__u32 flags;		/* WEIR_NODE_F_* */
 	__u32 _pad;
 	__u64 updated_ns;	/* bpf_ktime_get_ns() clock of the agent's last write */
+	/* Key of the DNS name hash (bpf/lib/dns.h, src/policy/fqdn-hash.ts):
+	 * random, set once by the agent and kept with the pinned map. 0 = not
+	 * set yet: no query is tracked, nothing is learned. */
+	__u64 dns_secret;
 };
-_Static_assert(sizeof(struct weir_node_state) == 16, "weir_node_state");
+_Static_assert(sizeof(struct weir_node_state) == 24, "weir_node_state");
 
 #define WEIR_NODE_F_CT_FULL 0x1
+
+/* ---- DNS-aware egress (FQDN peers) ------------------------------------------ */
+
+/*
+ * docs/architecture.md, "DNS-aware egress": the egress program tracks the
+ * DNS queries of pods whose set has fqdn keys (WEIR_SET_F_FQDN) to trusted
+ * resolvers; the ingress program learns the A and AAAA records of the
+ * answers, before they reach the pod's socket, into weir_fqdn_learned; the
+ * verdict (socket hooks and egress) consults what the pod learned only on
+ * the would-drop path.
+ *
+ * weir_dns_resolvers: HASH, the trusted resolvers, written by the agent
+ * (the cluster DNS Service's ClusterIPs on port 53 and its ready backends
+ * on their target port, or a configured list). Queries to them are
+ * tracked and only their answers teach. IPv4 uses the first 4 bytes.
+ */
+struct weir_dns_resolver_key {
+	__u8 family;		/* AF_INET or AF_INET6 */
+	__u8 _pad;
+	__u16 port;		/* host byte order */
+	__u8 addr[16];
+};
+_Static_assert(sizeof(struct weir_dns_resolver_key) == 20, "weir_dns_resolver_key");
+
+struct weir_dns_resolver_value {
+	__u32 flags;		/* reserved, 0 */
+};
+_Static_assert(sizeof(struct weir_dns_resolver_value) == 4, "weir_dns_resolver_value");
+
+/*
+ * weir_fqdn_keys: HASH, a set's fqdn keys (DesiredSet.fqdn): an exact name,
+ * or a wildcard `*.s` keyed by the hash of s (one or more whole labels
+ * before s, never s itself). The value is a port class id in
+ * weir_classes, shared and refcounted with the trie's classes. A name is
+ * looked up exact first, then as a wildcard over each proper suffix,
+ * longest first (weir_dns_match). Written before the set's
+ * WEIR_SET_F_FQDN flag; read on every would-drop decision of the set, so
+ * removing a key revokes what it allowed at once.
+ */
+#define WEIR_DNS_KEY_EXACT	1
+#define WEIR_DNS_KEY_WILDCARD	2
+struct weir_dns_key {
+	__u32 set_id;
+	__u8 kind;		/* WEIR_DNS_KEY_* */
+	__u8 _pad[3];
+	__u64 hash;		/* exact: hash of the name; wildcard `*.s`: hash of s */
+};
+_Static_assert(sizeof(struct weir_dns_key) == 16, "weir_dns_key");
+
+struct weir_fqdn_key_value {
+	__u32 class_id;		/* index into weir_classes; 0 = the empty class */
+};
+_Static_assert(sizeof(struct weir_fqdn_key_value) == 4, "weir_fqdn_key_value");
+
+/*
+ * weir_dns_queries: LRU_HASH, a query a pod sent to a trusted resolver
+ * for a name a key of its set matched, waiting for its answer: the answer
+ * must come from that resolver address and port, to the pod's port, with
+ * the query's id and the same question, within WEIR_DNS_QUERY_TIMEOUT_S.
+ * The answer deletes the entry (one answer per query). An LRU: a pod
+ * flooding queries evicts old ones (their answers then teach nothing),
+ * never anything else.
+ */
+struct weir_dns_query_key {
+	__u32 endpoint_id;
+	__u8 family;		/* AF_INET or AF_INET6 */
+	__u8 _pad;
+	__u16 pod_port;		/* host byte order */
+	__u16 dns_id;		/* host byte order */
+	__u16 resolver_port;	/* host byte order */
+	__u8 resolver[16];
+};
+_Static_assert(sizeof(struct weir_dns_query_key) == 28, "weir_dns_query_key");
+
+struct weir_dns_query_value {
+	struct weir_dns_key matched;	/* the key the question matched (set at query time) */
+	__u64 qhash;		/* hash of the question name */
+	__u64 expires_ns;	/* bpf_ktime_get_ns() clock */
+};
+_Static_assert(sizeof(struct weir_dns_query_value) == 32, "weir_dns_query_value");
+
+/*
+ * weir_fqdn_learned: HASH (never LRU: full means refuse, never evict),
+ * what a pod learned about one address: up to WEIR_FQDN_SLOTS keys (kind
+ * and hash of the key its question matched; the set id is the pod's
+ * current one at each decision, so a pod that changes sets gets only what
+ * its new policy allows of what it learned). A slot with kind 0 is empty.
+ * Entries are per pod: an address learned by one pod opens nothing for
+ * another. Expiry = answer time + clamp(TTL, WEIR_FQDN_TTL_MIN_S,
+ * WEIR_FQDN_TTL_MAX_S) + WEIR_FQDN_GRACE_S. connect, sendmsg, a TCP SYN and
+ * packets without a socket hook need an unexpired slot; other packets of
+ * an allowed connection accept an expired slot still present. The agent
+ * deletes slots expired and unused (last_use_ns is refreshed at most once
+ * a second by the decisions it served). IPv4 uses the first 4 bytes.
+ */
+#define WEIR_FQDN_SLOTS 4
+struct weir_fqdn_learned_key {
+	__u32 endpoint_id;
+	__u8 family;		/* AF_INET or AF_INET6 */
+	__u8 _pad[3];
+	__u8 addr[16];
+};
+_Static_assert(sizeof(struct weir_fqdn_learned_key) == 24, "weir_fqdn_learned_key");
+
+struct weir_fqdn_slot {
+	__u8 kind;		/* WEIR_DNS_KEY_*, 0 = empty; written last */
+	__u8 _pad[7];
+	__u64 hash;
+	__u64 expires_ns;	/* bpf_ktime_get_ns() clock */
+	__u64 last_use_ns;	/* last decision it allowed (1 s resolution), or when learned */
+};
+_Static_assert(sizeof(struct weir_fqdn_slot) == 32, "weir_fqdn_slot");
+
+struct weir_fqdn_learned_value {
+	struct weir_fqdn_slot slot[WEIR_FQDN_SLOTS];
+};
+_Static_assert(sizeof(struct weir_fqdn_learned_value) == 32 * WEIR_FQDN_SLOTS, "weir_fqdn_learned_value");
+
+#define WEIR_DNS_QUERY_TIMEOUT_S 5	/* an answer must come within this */
+#define WEIR_FQDN_TTL_MIN_S	5	/* a TTL-0 answer stays usable for the connection that asked */
+#define WEIR_FQDN_TTL_MAX_S	3600
+#define WEIR_FQDN_GRACE_S	5
+
+/* weir_dns_scratch: PERCPU_ARRAY of the parser's state (struct
+ * weir_dns_state, bpf/lib/dns_types.h: internal, never read by userspace),
+ * one entry per program, since ingress can interrupt egress on a CPU. */
+#define WEIR_DNS_SCRATCH_EGRESS  0
+#define WEIR_DNS_SCRATCH_INGRESS 1
+#define WEIR_DNS_SCRATCH_ENTRIES 2
 
 /* ---- per-node settings ---------------------------------------------------- */
 
@@ -405,5 +604,9 @@ _Static_assert(sizeof(struct weir_config) == 32, "weir_config");
 #define WEIR_DEFAULT_MAX_POD_IPS    (2 * WEIR_DEFAULT_MAX_PODS)	/* dual stack */
 #define WEIR_DEFAULT_AGG_ENTRIES    16384
 #define WEIR_DEFAULT_RINGBUF_BYTES  (1u << 22)
+#define WEIR_DEFAULT_DNS_RESOLVERS  256
+#define WEIR_DEFAULT_FQDN_KEYS      16384
+#define WEIR_DEFAULT_DNS_QUERIES    16384
+#define WEIR_DEFAULT_FQDN_LEARNED   32768
 
 #endif /* WEIR_ABI_H */

@@ -29,6 +29,7 @@
 // links of a previous agent are pinned, every policy map is migrated and the
 // links stay on the old programs until the first policy is written
 // (attachAfterFirstApply).
+import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, rmdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -47,17 +48,21 @@ import { ensureBpffs } from '../native/bpffs.js';
 import { withCapabilityHint } from '../native/privileges.js';
 import {
   CONST,
-  OFFSETS,
   SIZES,
   STAT_NAMES,
   counterIndex,
   decodeCtKey,
+  decodeDnsEvent,
   decodeEvent,
+  decodeNodeState,
   decodePerCpuCounter,
   decodePerCpuU64,
   encodeConfig,
+  encodeNodeState,
   u32Key,
   type Counter,
+  type NodeState,
+  type RawDnsEvent,
   type RawEvent,
   type StatName,
 } from './abi.js';
@@ -441,20 +446,28 @@ export class Datapath {
     removePins(this.pinDir);
   }
 
-  startEvents(onEvents: (events: RawEvent[]) => void, onUnknown: (type: number) => void): void {
+  /**
+   * Reads the ring buffer on Node's loop. Verdict records go to onEvents,
+   * DNS-learning records (WEIR_REC_DNS) to onDns, one batch per wake-up
+   * each; without onDns they are skipped (a known type, not counted as
+   * unknown). Records of a type this build does not know, or too short
+   * for their type, go to onUnknown.
+   */
+  startEvents(onEvents: (events: RawEvent[]) => void, onUnknown: (type: number) => void, onDns?: (records: RawDnsEvent[]) => void): void {
     this.check();
     if (this.ring) return;
     this.ring = new RingBuffer(this.map('weir_events'), (records: Buffer[]) => {
       const out: RawEvent[] = [];
+      const dns: RawDnsEvent[] = [];
       for (const r of records) {
         const type = r.readUInt8(0);
-        if (type !== CONST.WEIR_REC_VERDICT || r.length < SIZES.weir_event) {
-          onUnknown(type);
-          continue;
-        }
-        out.push(decodeEvent(r));
+        if (type === CONST.WEIR_REC_VERDICT && r.length >= SIZES.weir_event) out.push(decodeEvent(r));
+        else if (type === CONST.WEIR_REC_DNS && r.length >= SIZES.weir_dns_event) {
+          if (onDns) dns.push(decodeDnsEvent(r));
+        } else onUnknown(type);
       }
       if (out.length > 0) onEvents(out);
+      if (dns.length > 0) onDns?.(dns);
     });
   }
 
@@ -528,18 +541,45 @@ export class Datapath {
     return { live, expired, capacity, full };
   }
 
-  /** WEIR_NODE_F_* currently set in weir_node. */
-  nodeFlags(): number {
+  /** weir_node as the programs see it. */
+  nodeState(): NodeState {
     const v = this.map('weir_node').lookup(u32Key(0));
-    return v ? v.readUInt32LE(OFFSETS['weir_node_state.flags']) : 0;
+    return v ? decodeNodeState(v) : { flags: 0, updatedNs: 0n, dnsSecret: 0n };
   }
 
-  /** Writes weir_node (tests set flags directly; the agent through sweepConntrack). */
+  /** WEIR_NODE_F_* currently set in weir_node. */
+  nodeFlags(): number {
+    return this.nodeState().flags;
+  }
+
+  /**
+   * Sets the node flags (tests set them directly; the agent through
+   * sweepConntrack). Read-modify-write: the rest of weir_node (the DNS
+   * secret) is kept. Only the agent writes weir_node, from one thread.
+   */
   setNodeFlags(flags: number): void {
-    const v = Buffer.alloc(SIZES.weir_node_state);
-    v.writeUInt32LE(flags >>> 0, OFFSETS['weir_node_state.flags']);
-    v.writeBigUInt64LE(process.hrtime.bigint(), OFFSETS['weir_node_state.updated_ns']);
-    this.map('weir_node').update(u32Key(0), v);
+    this.writeNodeState({ ...this.nodeState(), flags: flags >>> 0 });
+  }
+
+  /**
+   * The key of the DNS name hash (weir_node.dns_secret): the one already
+   * in the pinned map, or a new random one written now. It never changes
+   * while the map lives, so a restarted agent hashes names as before;
+   * should the map be recreated (a migration), a new secret starts, the
+   * fqdn keys must be rewritten with it, and addresses learned under the
+   * old one stop matching until learned again.
+   */
+  dnsSecret(): bigint {
+    const st = this.nodeState();
+    if (st.dnsSecret !== 0n) return st.dnsSecret;
+    let secret = 0n;
+    while (secret === 0n) secret = randomBytes(8).readBigUInt64LE(0);
+    this.writeNodeState({ ...st, dnsSecret: secret });
+    return secret;
+  }
+
+  private writeNodeState(st: NodeState): void {
+    this.map('weir_node').update(u32Key(0), encodeNodeState({ ...st, updatedNs: process.hrtime.bigint() }));
   }
 
   /** Entries currently in the hash maps (walks them: for status, not hot paths). */

@@ -88,7 +88,10 @@ export const SYNC_ERROR_KINDS = ['manifest', 'watch', 'invalid-object', 'compile
  * Where each kernel stat goes. Every name in STAT_NAMES (datapath/abi.ts)
  * must be here: test/unit/metrics.test.ts checks it.
  */
-export const STAT_METRICS: Record<string, { metric: 'events' | 'parse' | 'conntrack' | 'aggFailed' | 'fragments' | 'l4Unknown'; labels: Labels }> = {
+export const STAT_METRICS: Record<
+  string,
+  { metric: 'events' | 'parse' | 'conntrack' | 'aggFailed' | 'fragments' | 'l4Unknown' | 'dnsQueries' | 'dnsAnswers' | 'fqdnAddresses'; labels: Labels }
+> = {
   events_sent: { metric: 'events', labels: { outcome: 'sent' } },
   events_lost: { metric: 'events', labels: { outcome: 'lost' } },
   events_aggregated: { metric: 'events', labels: { outcome: 'aggregated' } },
@@ -98,6 +101,15 @@ export const STAT_METRICS: Record<string, { metric: 'events' | 'parse' | 'conntr
   agg_insert_failed: { metric: 'aggFailed', labels: {} },
   fragments: { metric: 'fragments', labels: {} },
   l4_unknown: { metric: 'l4Unknown', labels: {} },
+  dns_queries: { metric: 'dnsQueries', labels: { outcome: 'tracked' } },
+  dns_queries_not_allowed: { metric: 'dnsQueries', labels: { outcome: 'not-allowed' } },
+  dns_queries_invalid: { metric: 'dnsQueries', labels: { outcome: 'invalid' } },
+  dns_answers: { metric: 'dnsAnswers', labels: { outcome: 'learned-from' } },
+  dns_ignored_no_query: { metric: 'dnsAnswers', labels: { outcome: 'no-query' } },
+  dns_ignored_rcode: { metric: 'dnsAnswers', labels: { outcome: 'not-noerror' } },
+  dns_ignored_invalid: { metric: 'dnsAnswers', labels: { outcome: 'invalid' } },
+  fqdn_learned: { metric: 'fqdnAddresses', labels: { outcome: 'learned' } },
+  fqdn_refused: { metric: 'fqdnAddresses', labels: { outcome: 'refused' } },
 };
 
 type Labels = Record<string, string>;
@@ -253,6 +265,27 @@ export class AgentMetrics {
       registers,
       collect,
     });
+    const dnsQueries = new Counter({
+      name: 'weir_datapath_dns_queries_total',
+      help: 'DNS queries of pods with fqdn rules to a trusted resolver, by outcome: tracked (a key matched; its answer may teach), not-allowed (no rule allows the name), invalid (not a query weir parses).',
+      labelNames: ['outcome'],
+      registers,
+      collect,
+    });
+    const dnsAnswers = new Counter({
+      name: 'weir_datapath_dns_answers_total',
+      help: 'DNS answers from a trusted resolver to pods with fqdn rules, by outcome: learned-from, no-query (no unexpired query waits for it: late, second or forged), not-noerror (an error code or truncated), invalid (malformed, or not the question asked).',
+      labelNames: ['outcome'],
+      registers,
+      collect,
+    });
+    const fqdnAddresses = new Counter({
+      name: 'weir_datapath_fqdn_addresses_total',
+      help: 'Addresses of DNS answers, by outcome: learned (a name newly learned on an address), refused (not learned: the address has 4 live names for the pod, or weir_fqdn_learned is full).',
+      labelNames: ['outcome'],
+      registers,
+      collect,
+    });
     const mapEntries = new Gauge({
       name: 'weir_map_entries',
       help: 'Entries in use per BPF map (raw number; divide by weir_map_capacity for a ratio).',
@@ -363,6 +396,9 @@ export class AgentMetrics {
       aggFailed: new DeltaCounter(aggFailed),
       fragments: new DeltaCounter(fragments),
       l4Unknown: new DeltaCounter(l4Unknown),
+      dnsQueries: new DeltaCounter(dnsQueries),
+      dnsAnswers: new DeltaCounter(dnsAnswers),
+      fqdnAddresses: new DeltaCounter(fqdnAddresses),
     };
     this.collectKernel = () => {
       const totals = new Map<string, { labels: Labels; packets: bigint; bytes: bigint }>();

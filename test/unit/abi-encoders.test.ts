@@ -8,7 +8,16 @@ import {
   SIZES,
   STAT_NAMES,
   decodeCtKey,
+  decodeDnsEvent,
+  decodeDnsKey,
+  decodeDnsQueryKey,
+  decodeDnsQueryValue,
+  decodeDnsResolverKey,
   decodeEvent,
+  decodeFqdnKeyValue,
+  decodeFqdnLearnedKey,
+  decodeFqdnLearnedValue,
+  decodeNodeState,
   decodePodIpKey,
   decodePodIpValue,
   decodePortClass,
@@ -16,6 +25,16 @@ import {
   decodePodValue,
   encodeConfig,
   encodeCtKey,
+  encodeDnsKey,
+  encodeDnsQueryKey,
+  encodeDnsQueryValue,
+  encodeDnsResolverKey,
+  encodeDnsResolverValue,
+  encodeFqdnKeyValue,
+  encodeFqdnLearnedKey,
+  encodeFqdnLearnedValue,
+  encodeNodeState,
+  wireNameToText,
   encodePodIpKey,
   encodePodIpValue,
   encodePodValue,
@@ -84,6 +103,18 @@ describe('TypeScript ABI matches the C structs', () => {
     expect(STAT_NAMES.indexOf('events_aggregated')).toBe(c('WEIR_STAT_EVENTS_AGGREGATED'));
     expect(STAT_NAMES.indexOf('parse_errors')).toBe(c('WEIR_STAT_PARSE_ERRORS'));
     expect(STAT_NAMES.indexOf('fragments')).toBe(c('WEIR_STAT_FRAGMENTS'));
+    const dnsStats: Record<string, string> = {
+      dns_queries: 'WEIR_STAT_DNS_QUERIES',
+      dns_queries_not_allowed: 'WEIR_STAT_DNS_QUERIES_NOT_ALLOWED',
+      dns_queries_invalid: 'WEIR_STAT_DNS_QUERIES_INVALID',
+      dns_answers: 'WEIR_STAT_DNS_ANSWERS',
+      dns_ignored_no_query: 'WEIR_STAT_DNS_IGNORED_NO_QUERY',
+      dns_ignored_rcode: 'WEIR_STAT_DNS_IGNORED_RCODE',
+      dns_ignored_invalid: 'WEIR_STAT_DNS_IGNORED_INVALID',
+      fqdn_learned: 'WEIR_STAT_FQDN_LEARNED',
+      fqdn_refused: 'WEIR_STAT_FQDN_REFUSED',
+    };
+    for (const [ts, cname] of Object.entries(dnsStats)) expect(STAT_NAMES.indexOf(ts as (typeof STAT_NAMES)[number]), ts).toBe(c(cname));
   });
 });
 
@@ -104,6 +135,58 @@ describe('encoders round-trip', () => {
     expect([...encodePodIpKey(v4).subarray(OFFSETS['weir_pod_ip_key.addr'] + 4)]).toEqual(new Array(12).fill(0));
     expect(decodePodIpValue(encodePodIpValue(4095))).toBe(4095);
     expect(encodeConfig({ podLevelLo: 2, podLevelHi: 3, eventIntervalNs: 1n, ctTimeoutNs: 2n, maxEndpoints: 9, flags: 1 }).length).toBe(SIZES.weir_config);
+  });
+
+  it('node state and the DNS-learning keys and values', () => {
+    const ns = { flags: 1, updatedNs: 123n, dnsSecret: 0xfedcba9876543210n };
+    expect(decodeNodeState(encodeNodeState(ns))).toEqual(ns);
+    const v4 = Uint8Array.of(10, 96, 0, 10);
+    const v6 = Uint8Array.from({ length: 16 }, (_, i) => 0xa0 + i);
+    const rk = { family: 2, port: 53, addr: v4 };
+    expect(decodeDnsResolverKey(encodeDnsResolverKey(rk))).toEqual(rk);
+    expect(encodeDnsResolverKey(rk).readUInt16LE(OFFSETS['weir_dns_resolver_key.port'])).toBe(53); // host order
+    expect([...encodeDnsResolverKey(rk).subarray(OFFSETS['weir_dns_resolver_key.addr'] + 4)]).toEqual(new Array(12).fill(0));
+    expect(encodeDnsResolverValue().length).toBe(SIZES.weir_dns_resolver_value);
+    const key = { setId: 9, kind: 2, hash: 0x8000000000000001n };
+    expect(decodeDnsKey(encodeDnsKey(key))).toEqual(key);
+    expect(decodeFqdnKeyValue(encodeFqdnKeyValue(16383))).toBe(16383);
+    const qk = { endpointId: 7, family: 10, podPort: 40000, dnsId: 0xbeef, resolverPort: 5353, resolver: v6 };
+    expect(decodeDnsQueryKey(encodeDnsQueryKey(qk))).toEqual(qk);
+    const qv = { matched: key, qhash: 0x1234n, expiresNs: 99n };
+    expect(decodeDnsQueryValue(encodeDnsQueryValue(qv))).toEqual(qv);
+    const lk = { endpointId: 4095, family: 2, addr: v4 };
+    expect(decodeFqdnLearnedKey(encodeFqdnLearnedKey(lk))).toEqual(lk);
+    const slots = [{ kind: 1, hash: 5n, expiresNs: 6n, lastUseNs: 7n }];
+    const empty = { kind: 0, hash: 0n, expiresNs: 0n, lastUseNs: 0n };
+    expect(decodeFqdnLearnedValue(encodeFqdnLearnedValue(slots))).toEqual([...slots, empty, empty, empty]);
+    expect(() => encodeFqdnLearnedValue([empty, empty, empty, empty, empty])).toThrow(/at most 4 keys/);
+    expect(() => encodeFqdnLearnedKey({ ...lk, addr: Uint8Array.of(1, 2, 3) })).toThrow(/4 or 16 bytes/);
+  });
+
+  it('decodes a DNS record laid out at the C offsets, and its wire-form name', () => {
+    const b = Buffer.alloc(SIZES.weir_dns_event);
+    b.writeUInt8(c('WEIR_REC_DNS'), OFFSETS['weir_dns_event.type']);
+    b.writeUInt8(c('WEIR_DNS_EV_REFUSED'), OFFSETS['weir_dns_event.kind']);
+    b.writeUInt8(10, OFFSETS['weir_dns_event.family']);
+    b.writeUInt8(c('WEIR_DNS_REFUSED_SLOTS'), OFFSETS['weir_dns_event.reason']);
+    b.writeUInt32LE(12, OFFSETS['weir_dns_event.endpoint_id']);
+    b.writeUInt32LE(3, OFFSETS['weir_dns_event.count']);
+    b.writeBigUInt64LE(77n, OFFSETS['weir_dns_event.qhash']);
+    b.writeUInt8(0x20, OFFSETS['weir_dns_event.addr']);
+    b.writeUInt16LE(28, OFFSETS['weir_dns_event.qtype']);
+    const wire = Buffer.from([3, 0x41, 0x70, 0x49, 7, 0x65, 0x78, 0x61, 0x6d, 0x70, 0x6c, 0x65, 0]);
+    wire.copy(b, OFFSETS['weir_dns_event.name']);
+    b.fill(0x55, OFFSETS['weir_dns_event.name'] + wire.length); // bytes past name_len are not the name
+    b.writeUInt16LE(wire.length, OFFSETS['weir_dns_event.name_len']);
+    const e = decodeDnsEvent(b);
+    expect(e).toMatchObject({ type: 2, kind: 2, family: 10, reason: 1, endpointId: 12, count: 3, qhash: 77n, qtype: 28, name: 'api.example' });
+    expect(e.addr.length).toBe(16);
+    expect(e.addr[0]).toBe(0x20);
+    expect(e.nameWire.length).toBe(wire.length);
+    expect(wireNameToText(Uint8Array.of(1, 0x2e, 2, 0x61, 0x0a, 0))).toBe('\\046.a\\010');
+    expect(wireNameToText(Uint8Array.of(3, 0x61, 0xc0, 0x0c))).toBeNull(); // ends in a pointer
+    expect(wireNameToText(Uint8Array.of(0))).toBe('');
+    expect(() => decodeDnsEvent(Buffer.alloc(SIZES.weir_dns_event - 1))).toThrow(/too short/);
   });
 
   it('a port class with more ranges than the kernel holds is refused', () => {
