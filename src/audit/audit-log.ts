@@ -14,6 +14,8 @@
 // - append() fixes seq, time and prev at call time, so the chain order is the
 //   call order; the line is queued and written asynchronously, in order, by
 //   one writer (O_APPEND, whole lines in as few write(2) calls as possible).
+//   The writer starts after the current synchronous work (a microtask), so
+//   the records of one batch of events go out in one write.
 //   It throws a TypeError for data JSON cannot hold, before touching the chain.
 // - One writer per file: two processes appending to the same FILE break the
 //   chain (the second one's records will not link).
@@ -40,8 +42,8 @@ import { readFileSync } from 'node:fs';
 import { mkdir, open, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
 import type { Logger } from 'pino';
-import { canonicalJson, sha256Hex, ZERO_HASH } from './canonical-json.js';
-import { AUDIT_KINDS, signCheckpoint, type AuditCheckpoint, type AuditData, type AuditKind, type AuditRecord, type ChainBroken } from './record.js';
+import { sha256Hex, ZERO_HASH } from './canonical-json.js';
+import { AUDIT_KINDS, recordLine, signCheckpoint, type AuditCheckpoint, type AuditData, type AuditKind, type AuditRecord, type ChainBroken } from './record.js';
 import { verifyFiles } from './verify.js';
 
 export type FsyncPolicy = 'write' | 'checkpoint' | 'close';
@@ -76,7 +78,10 @@ export type AuditLogOpened =
   | { state: 'chain-broken'; record: ChainBroken };
 
 interface Entry {
-  bytes: Buffer;
+  /** The record's line, without the newline (made bytes once per write, with the others of its chunk). */
+  line: string;
+  /** Bytes of the line with its newline. */
+  size: number;
   seq: number;
   checkpoint: { record: AuditCheckpoint; resolve: (cp: AuditCheckpoint) => void; reject: (err: Error) => void } | null;
 }
@@ -276,14 +281,13 @@ export class AuditLog {
     const record: AuditRecord = { seq: this.nextSeq, time: this.now().toISOString(), kind, data: data as Record<string, unknown>, prev };
     if (this.prevHash === null) record.genesis = true;
     if (checkpoint === 'sign' && this.key) record.sig = signCheckpoint(record, this.key);
-    const line = canonicalJson(record); // throws before the chain moves
+    const line = recordLine(record); // throws before the chain moves
     const hash = sha256Hex(line);
-    const bytes = Buffer.from(`${line}\n`);
     this.prevHash = hash;
     this.nextSeq += 1;
-    const entry: Entry = { bytes, seq: record.seq, checkpoint: null };
+    const entry: Entry = { line, size: Buffer.byteLength(line) + 1, seq: record.seq, checkpoint: null };
     this.queue.push(entry);
-    this.queuedBytes += bytes.length;
+    this.queuedBytes += entry.size;
     this.kick();
     return { seq: record.seq, hash, record, entry };
   }
@@ -310,7 +314,8 @@ export class AuditLog {
   private kick(): void {
     if (this.draining || this.failed) return;
     this.draining = true;
-    void this.drain();
+    // Not at once: the appends of the caller's current batch join this write.
+    queueMicrotask(() => void this.drain());
   }
 
   /** The one writer: runs while there is something to write or sync. */
@@ -359,14 +364,14 @@ export class AuditLog {
     let chunkBytes = 0;
     for (const e of batch) {
       const fileBytes = this.size + chunkBytes;
-      if (fileBytes > 0 && fileBytes + e.bytes.length > this.maxBytes) {
+      if (fileBytes > 0 && fileBytes + e.size > this.maxBytes) {
         await this.writeChunk(chunk);
         chunk = [];
         chunkBytes = 0;
         await this.rotate();
       }
       chunk.push(e);
-      chunkBytes += e.bytes.length;
+      chunkBytes += e.size;
       if (chunkBytes >= WRITE_CHUNK) {
         await this.writeChunk(chunk);
         chunk = [];
@@ -381,7 +386,9 @@ export class AuditLog {
     if (!last) return;
     const fh = this.fh;
     if (!fh) throw new Error(`audit log ${this.path} has no open file`);
-    const buf = chunk.length === 1 ? last.bytes : Buffer.concat(chunk.map((e) => e.bytes));
+    let text = '';
+    for (const e of chunk) text += `${e.line}\n`;
+    const buf = Buffer.from(text);
     const start = this.size;
     try {
       for (let off = 0; off < buf.length; ) {

@@ -18,7 +18,7 @@
 // records before it and the hash of the last of them.
 import { sign, verify, type KeyObject } from 'node:crypto';
 import type { Violation } from '../agent/agent.js';
-import { canonicalJson, sha256Hex, ZERO_HASH } from './canonical-json.js';
+import { canonicalJson, FixedShapeJson, sha256Hex, ZERO_HASH } from './canonical-json.js';
 
 /** Kinds the agent appends. Never reuse or rename one: old logs must keep verifying. */
 export const AUDIT_KINDS = ['violation', 'audit', 'policy', 'start', 'stop'] as const;
@@ -81,6 +81,57 @@ const KIND = /^[a-z][a-z0-9-]*$/;
 const SIG = /^[A-Za-z0-9+/]{86}==$/;
 const TOP_KEYS = new Set(['seq', 'time', 'kind', 'data', 'prev', 'genesis', 'sig']);
 
+/** The members of a violation record's data (the Violation an agent reports), for the fixed-order writer. */
+const VIOLATION_KEYS = [
+  'time', 'verdict', 'reason', 'namespace', 'pod', 'workload', 'domain', 'policy', 'rule', 'protocol',
+  'destination', 'port', 'source', 'pid', 'command', 'thread', 'count', 'hook', 'generation',
+] as const satisfies readonly (keyof Violation)[];
+// A compile error here means Violation changed: list its keys above (records of other shapes are still written, only slower).
+const violationKeysComplete: Exclude<keyof Violation, (typeof VIOLATION_KEYS)[number]> extends never ? true : never = true;
+void violationKeysComplete;
+const VIOLATION_JSON = new FixedShapeJson(VIOLATION_KEYS);
+
+/**
+ * The line of a record: its canonical JSON. A violation or audit record
+ * without a sig (every one the agent writes) is written member by member in
+ * the fixed canonical order, {data, genesis?, kind, prev, seq, time}; any
+ * other record, or one this does not recognise as such, goes through
+ * canonicalJson(). Same bytes either way (test/unit/audit.test.ts checks).
+ */
+export function recordLine(r: AuditRecord): string {
+  const fast = fastRecordLine(r);
+  return fast ?? canonicalJson(r);
+}
+
+function fastRecordLine(r: AuditRecord): string | null {
+  if (r.kind !== 'violation' && r.kind !== 'audit') return null;
+  if (Object.getPrototypeOf(r) !== Object.prototype) return null;
+  let n = 0;
+  for (const k in r) {
+    if (!Object.hasOwn(r, k)) return null;
+    const v = r[k as keyof AuditRecord];
+    if (v === undefined) continue;
+    if (k === 'genesis') {
+      if (v !== true) return null;
+    } else if (k !== 'seq' && k !== 'time' && k !== 'kind' && k !== 'data' && k !== 'prev') return null;
+    n++;
+  }
+  if (n !== (r.genesis === true ? 6 : 5)) return null;
+  if (typeof r.seq !== 'number' || !Number.isFinite(r.seq) || typeof r.time !== 'string' || typeof r.prev !== 'string') return null;
+  if (typeof r.data !== 'object' || r.data === null) return null;
+  const data = VIOLATION_JSON.write(r.data);
+  if (data === null) return null;
+  let time: string;
+  let prev: string;
+  try {
+    time = canonicalJson(r.time);
+    prev = canonicalJson(r.prev);
+  } catch {
+    return null; // a lone surrogate: canonicalJson(r) says where
+  }
+  return `{"data":${data},${r.genesis === true ? '"genesis":true,' : ''}"kind":"${r.kind}","prev":${prev},"seq":${JSON.stringify(r.seq)},"time":${time}}`;
+}
+
 export type ParsedLine =
   | { ok: true; record: AuditRecord; hash: string }
   | { ok: false; seq: number | null; reason: string };
@@ -115,7 +166,7 @@ export function parseRecordLine(text: string): ParsedLine {
   if (v.genesis !== undefined && v.genesis !== true) return bad('genesis is not true');
   let canonical: string | null;
   try {
-    canonical = canonicalJson(v);
+    canonical = recordLine(v as unknown as AuditRecord);
   } catch {
     canonical = null; // a lone surrogate or a number out of range: never written by the log
   }
