@@ -2,11 +2,11 @@
 // bpf/include/weir_abi.h, struct weir_trie_node): stride 8, leaf pushing,
 // one 256-slot node per (depth, address-byte prefix) that needs one.
 //
-// Nodes are hash-consed: a node's key is a digest of its slots with child
-// pointers replaced by the children's keys, so identical subtrees (common
-// when sets share rules) are written once and shared. Indices are assigned
+// Nodes are hash-consed: a node's key is its slots (run-length) for a leaf,
+// or a digest of its slots and its children's keys, so identical subtrees
+// (common when sets share rules) are written once and shared. Indices are assigned
 // by the datapath's allocator; keys are independent of indices.
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import type { Prefix } from '../policy/prefix.js';
 
 export const SLOT_CHILD = 0x80000000;
@@ -14,13 +14,15 @@ export const FANOUT = 256;
 
 interface BuildNode {
   leaf: Uint32Array; // class id per slot (leaf-pushed)
-  children: (BuildNode | undefined)[];
+  /** Child per slot; null until the node has one (most nodes are leaves). */
+  children: Map<number, BuildNode> | null;
 }
 
 export interface TrieNodeSpec {
   key: string;
   /** Slot values: class ids, or child keys for child slots. */
   leaf: Uint32Array;
+  /** Sparse: the child key of each slot that has a child (holes elsewhere). */
   childKeys: (string | undefined)[];
 }
 
@@ -30,11 +32,31 @@ export interface BuiltTrie {
   nodes: TrieNodeSpec[];
 }
 
-function newNode(fill: number): BuildNode {
-  const leaf = new Uint32Array(FANOUT);
-  if (fill) leaf.fill(fill);
-  return { leaf, children: new Array<BuildNode | undefined>(FANOUT) };
+/**
+ * Node slots come from 1 MiB chunks: a build of 10k prefixes makes ~14k
+ * nodes, and a typed array (backing store) each cost more than building
+ * the trie itself. A node's leaf is a view into its chunk.
+ */
+class SlotArena {
+  private chunk = new Uint32Array(0);
+  private used = 0;
+  alloc(fill: number): Uint32Array {
+    if (this.used + FANOUT > this.chunk.length) {
+      this.chunk = new Uint32Array(FANOUT * 1024);
+      this.used = 0;
+    }
+    const v = this.chunk.subarray(this.used, this.used + FANOUT);
+    this.used += FANOUT;
+    if (fill) v.fill(fill);
+    return v;
+  }
 }
+
+function newNode(arena: SlotArena, fill: number): BuildNode {
+  return { leaf: arena.alloc(fill), children: null };
+}
+
+const NO_CHILDREN: (string | undefined)[] = [];
 
 /**
  * @param prefixes (prefix, class id) pairs of one family; a prefix that
@@ -42,18 +64,21 @@ function newNode(fill: number): BuildNode {
  */
 export function buildTrie(prefixes: readonly { prefix: Prefix; classId: number }[]): BuiltTrie {
   if (prefixes.length === 0) return { rootKey: null, nodes: [] };
-  const sorted = [...prefixes].sort((a, b) => a.prefix.len - b.prefix.len);
-  const root = newNode(0);
+  // Already ordered when every prefix comes after those that cover it
+  // (flatten's depth-first order); otherwise sort by length.
+  const sorted = coversFirst(prefixes) ? prefixes : [...prefixes].sort((a, b) => a.prefix.len - b.prefix.len);
+  const arena = new SlotArena();
+  const root = newNode(arena, 0);
   for (const { prefix, classId } of sorted) {
     let node = root;
     let depth = 0;
     // Descend while the prefix is longer than this node's byte.
     while (prefix.len > (depth + 1) * 8) {
       const b = prefix.bytes[depth] ?? 0;
-      let child = node.children[b];
+      let child = node.children?.get(b);
       if (!child) {
-        child = newNode(node.leaf[b] ?? 0);
-        node.children[b] = child;
+        child = newNode(arena, node.leaf[b] ?? 0);
+        (node.children ??= new Map()).set(b, child);
       }
       node = child;
       depth++;
@@ -62,12 +87,14 @@ export function buildTrie(prefixes: readonly { prefix: Prefix; classId: number }
     const free = (depth + 1) * 8 - prefix.len;
     const first = (prefix.bytes[depth] ?? 0) & ((0xff << free) & 0xff);
     const count = 1 << free;
-    for (let s = first; s < first + count; s++) {
-      node.leaf[s] = classId;
-      // Sorted by length, so a covered slot cannot have a child yet; keep
-      // the builder honest if that ever changes.
-      const c = node.children[s];
-      if (c) pushDown(c, classId);
+    node.leaf.fill(classId, first, first + count);
+    // Covering prefixes come first, so a covered slot has no child yet;
+    // keep the builder honest if that ever changes.
+    if (node.children) {
+      for (let s = first; s < first + count; s++) {
+        const c = node.children.get(s);
+        if (c) pushDown(c, classId);
+      }
     }
   }
   const nodes: TrieNodeSpec[] = [];
@@ -76,23 +103,61 @@ export function buildTrie(prefixes: readonly { prefix: Prefix; classId: number }
   return { rootKey, nodes };
 }
 
-function pushDown(n: BuildNode, classId: number): void {
-  n.leaf.fill(classId);
-  for (const c of n.children) if (c) pushDown(c, classId);
+/**
+ * True when the prefixes are in depth-first order (by address, a covering
+ * prefix before what it covers, as flatten() returns them): then every
+ * prefix comes after those that cover it and no sort is needed.
+ */
+function coversFirst(prefixes: readonly { prefix: Prefix }[]): boolean {
+  for (let i = 1; i < prefixes.length; i++) {
+    const a = (prefixes[i - 1] as { prefix: Prefix }).prefix;
+    const b = (prefixes[i] as { prefix: Prefix }).prefix;
+    let d = 0;
+    for (let j = 0; j < b.bytes.length && d === 0; j++) d = (a.bytes[j] ?? 0) - (b.bytes[j] ?? 0);
+    if (d > 0 || (d === 0 && a.len > b.len)) return false;
+  }
+  return true;
 }
 
-function serialize(n: BuildNode, out: TrieNodeSpec[], seen: Set<string>): string {
-  const childKeys = new Array<string | undefined>(FANOUT);
-  const h = createHash('sha1');
-  h.update(Buffer.from(n.leaf.buffer, n.leaf.byteOffset, n.leaf.byteLength));
-  for (let s = 0; s < FANOUT; s++) {
-    const c = n.children[s];
-    if (!c) continue;
-    const k = serialize(c, out, seen);
-    childKeys[s] = k;
-    h.update(`${s}:${k};`);
+function pushDown(n: BuildNode, classId: number): void {
+  n.leaf.fill(classId);
+  if (n.children) for (const c of n.children.values()) pushDown(c, classId);
+}
+
+/** The slots as runs ("class*count,..."): the node's content, exactly, and short for the usual node. */
+function runs(leaf: Uint32Array): string {
+  let out = '';
+  let start = 0;
+  for (let i = 1; i <= FANOUT; i++) {
+    if (i === FANOUT || leaf[i] !== leaf[start]) {
+      out += `${leaf[start]}*${i - start},`;
+      start = i;
+    }
   }
-  const key = h.digest('base64');
+  return out;
+}
+
+/**
+ * A node's key. A node without children is keyed by its content itself
+ * ("L" + its runs): most nodes are such leaves, and no hash can collide. A
+ * node with children is keyed by a SHA-1 of its runs and its children's
+ * keys, so a key stays short however deep the subtree.
+ */
+function serialize(n: BuildNode, out: TrieNodeSpec[], seen: Set<string>): string {
+  let childKeys = NO_CHILDREN;
+  let key: string;
+  if (n.children) {
+    childKeys = [];
+    let tail = '';
+    for (const s of [...n.children.keys()].sort((a, b) => a - b)) {
+      const k = serialize(n.children.get(s) as BuildNode, out, seen);
+      childKeys[s] = k;
+      tail += `${s}:${k};`;
+    }
+    key = `N${hash('sha1', `${runs(n.leaf)}|${tail}`, 'base64')}`;
+  } else {
+    key = `L${runs(n.leaf)}`;
+  }
   if (!seen.has(key)) {
     seen.add(key);
     out.push({ key, leaf: n.leaf, childKeys });
@@ -103,10 +168,9 @@ function serialize(n: BuildNode, out: TrieNodeSpec[], seen: Set<string>): string
 /** Encodes a node's slots with child keys resolved to node indices. */
 export function encodeNode(spec: TrieNodeSpec, indexOf: (key: string) => number): Uint32Array {
   const slots = Uint32Array.from(spec.leaf);
-  for (let s = 0; s < FANOUT; s++) {
-    const k = spec.childKeys[s];
+  spec.childKeys.forEach((k, s) => {
     if (k !== undefined) slots[s] = (SLOT_CHILD | indexOf(k)) >>> 0;
-  }
+  });
   return slots;
 }
 

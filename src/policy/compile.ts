@@ -262,6 +262,28 @@ function comparePrefixOrder(a: Prefix, b: Prefix): number {
   return a.len - b.len;
 }
 
+const EMPTY_KEY = classKey(EMPTY_CLASS);
+const PORTLESS: object = {};
+
+/**
+ * The class of a single entry depends only on its bits and ports: memoised
+ * per ports array (shared by every entry of a rule) and bits, since a rule
+ * with thousands of CIDRs would otherwise merge the same class thousands of
+ * times.
+ */
+const singleClasses = new WeakMap<object, Map<number, { cls: PortClass; key: string }>>();
+function classOfOne(e: Entry): { cls: PortClass; key: string } {
+  const id = e.ports ?? PORTLESS;
+  let byBits = singleClasses.get(id);
+  if (!byBits) singleClasses.set(id, (byBits = new Map()));
+  let c = byBits.get(e.bits);
+  if (!c) {
+    const cls = mergeClass([e]);
+    byBits.set(e.bits, (c = { cls, key: classKey(cls) }));
+  }
+  return c;
+}
+
 /** Stage 2: one class per distinct prefix of a family. */
 export function flatten(all: readonly Entry[], family: Family): FlatPrefix[] {
   const nodes = new Map<string, PNode>();
@@ -282,12 +304,24 @@ export function flatten(all: readonly Entry[], family: Family): FlatPrefix[] {
   for (const n of order) {
     while (stack.length > 0 && !prefixContains((stack[stack.length - 1] as { node: PNode }).node.prefix, n.prefix)) stack.pop();
     const parent = stack[stack.length - 1];
-    const removed = new Set(n.excepts);
-    const active = [...(parent?.active ?? []), ...n.starts].filter((e) => !removed.has(e));
-    const cls = mergeClass(active);
-    const key = classKey(cls);
+    let active = parent && parent.active.length > 0 ? parent.active.concat(n.starts) : n.starts;
+    if (n.excepts.length > 0) {
+      const removed = new Set(n.excepts);
+      active = active.filter((e) => !removed.has(e));
+    }
+    let cls: PortClass;
+    let key: string;
+    if (active.length === 0) {
+      cls = EMPTY_CLASS;
+      key = EMPTY_KEY;
+    } else if (active.length === 1) {
+      ({ cls, key } = classOfOne(active[0] as Entry));
+    } else {
+      cls = mergeClass(active);
+      key = classKey(cls);
+    }
     // A prefix whose class equals its parent's adds nothing to the lookup.
-    const redundant = parent ? parent.key === key : key === classKey(EMPTY_CLASS);
+    const redundant = parent ? parent.key === key : key === EMPTY_KEY;
     if (!redundant) out.push({ prefix: n.prefix, cls, key });
     stack.push({ node: n, active, key });
   }

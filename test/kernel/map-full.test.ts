@@ -372,9 +372,11 @@ describe('conntrack (weir_ct, LRU) and event aggregation (weir_agg, LRU) full', 
     expect(evs.length).toBeGreaterThan(0);
     expect(new Set(evs.map((e) => e.reason))).toEqual(new Set([REASON_CODES['default-deny']]));
     // ... after it, they are map-full (the verdict is the same).
-    const sweep = h.bed.dp.sweepConntrack();
-    expect(sweep).toMatchObject({ full: true, expired: 0, capacity: 16 });
-    expect(sweep.live).toBeGreaterThanOrEqual(15);
+    // An LRU map at capacity frees a batch of entries at once (capacity /
+    // CPUs), so it holds between half and all of its 16: the thresholds
+    // here are set for that (the agent's are 90% / 80% of 65,536).
+    const sweep = h.bed.dp.sweepConntrack(0.5, 0.4);
+    expect(sweep).toMatchObject({ full: true, expired: 0, capacity: 16, live: tracked.length });
     expect(h.bed.dp.nodeFlags() & CONST.WEIR_NODE_F_CT_FULL).toBe(CONST.WEIR_NODE_F_CT_FULL);
     const d1 = h.counts(server, 'drop');
     let dropped = 0;
@@ -392,10 +394,10 @@ describe('conntrack (weir_ct, LRU) and event aggregation (weir_agg, LRU) full', 
     expect(drained(h).map((e) => e.reason)).toEqual([REASON_CODES['default-deny']]);
   });
 
-  it('the walk deletes idle entries (older than the conntrack timeout) and clears the flag below 80%', () => {
+  it('the walk deletes idle entries (older than the conntrack timeout) and clears the flag below its lower threshold', () => {
     const ct = h.bed.dp.map('weir_ct');
     const keys = ct.keys();
-    expect(keys.length).toBeGreaterThan(12);
+    expect(keys.length).toBeGreaterThanOrEqual(8);
     // Age all but 4 entries past the 300 s timeout (CLOCK_MONOTONIC, as the datapath).
     const old = Buffer.alloc(8);
     old.writeBigUInt64LE(process.hrtime.bigint() - 301_000_000_000n);
@@ -403,8 +405,8 @@ describe('conntrack (weir_ct, LRU) and event aggregation (weir_agg, LRU) full', 
     // (An update of an LRU map at capacity may itself evict an entry: count what is there now.)
     const now = ct.keys().map((k) => (ct.lookup(k) as Buffer).equals(old));
     const stale = now.filter(Boolean).length;
-    expect(stale).toBeGreaterThanOrEqual(10);
-    const sweep = h.bed.dp.sweepConntrack();
+    expect(stale).toBeGreaterThanOrEqual(3);
+    const sweep = h.bed.dp.sweepConntrack(0.5, 0.4);
     expect(sweep).toMatchObject({ live: now.length - stale, expired: stale, full: false });
     expect(ct.keys()).toHaveLength(now.length - stale);
     expect(now.length - stale).toBeLessThanOrEqual(4);

@@ -158,3 +158,28 @@ describe('flatten + trie', () => {
     expect(lookupFlat(flat, 4, addressBytes('10.9.1.1').bytes).anyBits).toBe(0);
   });
 });
+
+describe('addressBytes: the dotted-quad fast path agrees with ipaddr.js', () => {
+  it('on canonical, odd and invalid IPv4 texts', async () => {
+    const ipaddr = (await import('ipaddr.js')).default;
+    const texts = ['0.0.0.0', '255.255.255.255', '10.0.0.1', '1.2.3.4', '192.168.001.1', '010.0.0.1', '10.0.0', '10.0.0.256', '10..0.1', '.10.0.0.1', '10.0.0.1.', '1.2.3.4.5', '0x0a.0.0.1', ' 10.0.0.1', '10.0.0.01', '00.0.0.0', '4294967295', '127.1', '::ffff:10.0.0.1', '1e1.0.0.1'];
+    for (let i = 0; i < 2000; i++) texts.push([0, 1, 2, 3].map(() => String(Math.floor(Math.random() * 300))).join('.'));
+    for (const t of texts) {
+      let want: unknown;
+      try {
+        const a = ipaddr.parse(t);
+        want = a.kind() === 'ipv4' ? [4, ...a.toByteArray()] : (a as import('ipaddr.js').IPv6).isIPv4MappedAddress() ? [4, ...(a as import('ipaddr.js').IPv6).toIPv4Address().toByteArray()] : [6, ...a.toByteArray()];
+      } catch {
+        want = 'error';
+      }
+      let got: unknown;
+      try {
+        const b = addressBytes(t);
+        got = [b.family, ...b.bytes];
+      } catch {
+        got = 'error';
+      }
+      expect(got, t).toEqual(want);
+    }
+  });
+});
