@@ -58,6 +58,9 @@ interface Sample {
   /** Seconds since the churn started. */
   t: number;
   rssKiB: number;
+  /** RSS split (/proc/PID/status): anonymous memory (heap, malloc) and file-backed pages (the node binary and libraries as they are paged in, the BPF ring buffer's mapping). */
+  rssAnonKiB: number;
+  rssFileKiB: number;
   /** The agent's V8 heap in use (nodejs_heap_size_used_bytes from its /metrics), KiB. */
   heapUsedKiB: number;
   fds: number;
@@ -205,9 +208,24 @@ class Traffic {
   }
 }
 
-function rssKiB(pid: number): number {
-  const m = /VmRSS:\s+(\d+)\s+kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+function statusKiB(pid: number, field: 'VmRSS' | 'RssAnon' | 'RssFile'): number {
+  const m = new RegExp(`${field}:\\s+(\\d+)\\s+kB`).exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
   return m ? Number(m[1]) : 0;
+}
+
+/** Least-squares slope of ys over ts (seconds), per minute; NaN with fewer than 2 points. */
+function slopePerMin(ts: number[], ys: number[]): number {
+  const n = ts.length;
+  if (n < 2) return NaN;
+  const mt = ts.reduce((a, b) => a + b, 0) / n;
+  const my = ys.reduce((a, b) => a + b, 0) / n;
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < n; i++) {
+    num += ((ts[i] as number) - mt) * ((ys[i] as number) - my);
+    den += ((ts[i] as number) - mt) ** 2;
+  }
+  return den === 0 ? NaN : (num / den) * 60;
 }
 
 function openFds(pid: number): number {
@@ -356,7 +374,9 @@ async function main(): Promise<number> {
       const tot = traffic?.totals() ?? { allowed: 0, failures: [] };
       const sample: Sample = {
         t: Math.round((Date.now() - churnStart) / 1000),
-        rssKiB: rssKiB(pid),
+        rssKiB: statusKiB(pid, 'VmRSS'),
+        rssAnonKiB: statusKiB(pid, 'RssAnon'),
+        rssFileKiB: statusKiB(pid, 'RssFile'),
         heapUsedKiB: await heapUsedKiB(),
         fds: openFds(pid),
         maps: Object.fromEntries(MAPS.map((m) => [m, s.maps[m]?.used ?? -1])),
@@ -523,6 +543,9 @@ async function main(): Promise<number> {
     const logLines = logText.split('\n').filter(Boolean);
     const errorLines = logLines.filter((l) => l.includes('"level":"error"') || l.includes('"level":"fatal"'));
     const rss = samples.map((s) => s.rssKiB);
+    // Trends over the second half of the run (after warm-up), KiB per minute.
+    const half = samples.filter((s) => s.t >= (minutes * 60) / 2);
+    const trend = (f: (s: Sample) => number): number => slopePerMin(half.map((s) => s.t), half.map(f));
     const heap = samples.map((s) => s.heapUsedKiB);
     const fds = samples.map((s) => s.fds);
     const mapsBack = MAPS.every((m) => finalMaps[m] === baseMaps[m]);
@@ -535,6 +558,9 @@ async function main(): Promise<number> {
       minutes,
       sampleSeconds: sampleMs / 1000,
       rssKiB: { first: rss[0], last: rss.at(-1), max: Math.max(...rss) },
+      rssAnonKiB: { first: samples[0]?.rssAnonKiB, last: samples.at(-1)?.rssAnonKiB, max: Math.max(...samples.map((s) => s.rssAnonKiB)) },
+      rssFileKiB: { first: samples[0]?.rssFileKiB, last: samples.at(-1)?.rssFileKiB, max: Math.max(...samples.map((s) => s.rssFileKiB)) },
+      trendKiBPerMin: { rss: trend((s) => s.rssKiB), anon: trend((s) => s.rssAnonKiB), file: trend((s) => s.rssFileKiB), heap: trend((s) => s.heapUsedKiB) },
       heapUsedKiB: { first: heap[0], last: heap.at(-1), max: Math.max(...heap) },
       fds: { first: fds[0], last: fds.at(-1), max: Math.max(...fds) },
       maps: { baseline: baseMaps, final: finalMaps, backToBaseline: mapsBack },
@@ -578,6 +604,10 @@ async function main(): Promise<number> {
   }
 }
 
+function trendText(kibPerMin: number): string {
+  return Number.isFinite(kibPerMin) ? `${kibPerMin >= 0 ? '+' : ''}${(kibPerMin / 1024).toFixed(2)}` : '–';
+}
+
 function markdown(r: {
   name: string;
   command: string;
@@ -586,6 +616,9 @@ function markdown(r: {
   minutes: number;
   sampleSeconds: number;
   rssKiB: { first?: number; last?: number; max: number };
+  rssAnonKiB: { first?: number; last?: number; max: number };
+  rssFileKiB: { first?: number; last?: number; max: number };
+  trendKiBPerMin: { rss: number; anon: number; file: number; heap: number };
   heapUsedKiB: { first?: number; last?: number; max: number };
   fds: { first?: number; last?: number; max: number };
   maps: { baseline: Record<string, number>; final: Record<string, number>; backToBaseline: boolean };
@@ -605,11 +638,15 @@ function markdown(r: {
     '',
     `The agent ran as its own process on the sandbox node; sampled every ${r.sampleSeconds} s.`,
     '',
-    '| agent | first | last | max |',
-    '|---|---:|---:|---:|',
-    `| RSS (MiB) | ${mib(r.rssKiB.first)} | ${mib(r.rssKiB.last)} | ${mib(r.rssKiB.max)} |`,
-    `| V8 heap used (MiB) | ${mib(r.heapUsedKiB.first)} | ${mib(r.heapUsedKiB.last)} | ${mib(r.heapUsedKiB.max)} |`,
-    `| open fds | ${r.fds.first ?? '–'} | ${r.fds.last ?? '–'} | ${r.fds.max} |`,
+    '| agent | first | last | max | trend, second half (MiB/min) |',
+    '|---|---:|---:|---:|---:|',
+    `| RSS (MiB) | ${mib(r.rssKiB.first)} | ${mib(r.rssKiB.last)} | ${mib(r.rssKiB.max)} | ${trendText(r.trendKiBPerMin.rss)} |`,
+    `| of which anonymous (MiB) | ${mib(r.rssAnonKiB.first)} | ${mib(r.rssAnonKiB.last)} | ${mib(r.rssAnonKiB.max)} | ${trendText(r.trendKiBPerMin.anon)} |`,
+    `| of which file-backed (MiB) | ${mib(r.rssFileKiB.first)} | ${mib(r.rssFileKiB.last)} | ${mib(r.rssFileKiB.max)} | ${trendText(r.trendKiBPerMin.file)} |`,
+    `| V8 heap used (MiB) | ${mib(r.heapUsedKiB.first)} | ${mib(r.heapUsedKiB.last)} | ${mib(r.heapUsedKiB.max)} | ${trendText(r.trendKiBPerMin.heap)} |`,
+    `| open fds | ${r.fds.first ?? '–'} | ${r.fds.last ?? '–'} | ${r.fds.max} | |`,
+    '',
+    'File-backed RSS is the node binary, its libraries and the BPF ring buffer (4 MiB, mapped twice) as their pages are first touched: bounded by their size. Anonymous RSS is what the agent allocates.',
     '',
     `Churn: ${r.churn.podsAdded} pods added, ${r.churn.podsRemoved} removed, ${r.churn.policyEdits} policy edits; policy generation ${r.generation.first ?? '–'} → ${r.generation.last}. ` +
       `The new pods, each once governed, made ${r.churn.churnPodCalls} calls of their own (counted in the traffic below; pods not governed within 10 s: ${r.churn.notGovernedInTime}).`,
