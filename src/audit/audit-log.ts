@@ -43,7 +43,7 @@ import { mkdir, open, rename, stat, unlink, type FileHandle } from 'node:fs/prom
 import { basename, dirname } from 'node:path';
 import type { Logger } from 'pino';
 import { sha256Hex, ZERO_HASH } from './canonical-json.js';
-import { AUDIT_KINDS, recordLine, signCheckpoint, type AuditCheckpoint, type AuditData, type AuditKind, type AuditRecord, type ChainBroken } from './record.js';
+import { AUDIT_KINDS, recordLine, signCheckpoint, violationRecordLine, type AuditCheckpoint, type AuditData, type AuditKind, type AuditRecord, type ChainBroken } from './record.js';
 import { verifyFiles } from './verify.js';
 
 export type FsyncPolicy = 'write' | 'checkpoint' | 'close';
@@ -278,10 +278,13 @@ export class AuditLog {
   /** Seals the next record into the chain and queues its line. */
   private push(kind: string, data: object, checkpoint: 'sign' | null = null): { seq: number; hash: string; record: AuditRecord; entry: Entry } {
     const prev = this.prevHash ?? ZERO_HASH;
-    const record: AuditRecord = { seq: this.nextSeq, time: this.now().toISOString(), kind, data: data as Record<string, unknown>, prev };
+    const record: AuditRecord = { seq: this.nextSeq, time: this.isoTime(), kind, data: data as Record<string, unknown>, prev };
     if (this.prevHash === null) record.genesis = true;
     if (checkpoint === 'sign' && this.key) record.sig = signCheckpoint(record, this.key);
-    const line = recordLine(record); // throws before the chain moves
+    const line =
+      ((kind === 'violation' || kind === 'audit') && record.sig === undefined
+        ? violationRecordLine(record.seq, record.time, kind, data, prev, record.genesis === true)
+        : null) ?? recordLine(record); // throws before the chain moves
     const hash = sha256Hex(line);
     this.prevHash = hash;
     this.nextSeq += 1;
@@ -290,6 +293,20 @@ export class AuditLog {
     this.queuedBytes += entry.size;
     this.kick();
     return { seq: record.seq, hash, record, entry };
+  }
+
+  private lastTimeMs = Number.NaN;
+  private lastTime = '';
+
+  /** now() as ISO 8601; the string is made once per millisecond (a batch of records shares a few). */
+  private isoTime(): string {
+    const d = this.now();
+    const t = d.getTime();
+    if (t !== this.lastTimeMs) {
+      this.lastTime = d.toISOString();
+      this.lastTimeMs = t;
+    }
+    return this.lastTime;
   }
 
   private queueCheckpoint(): Promise<AuditCheckpoint> {

@@ -93,14 +93,12 @@ const VIOLATION_JSON = new FixedShapeJson(VIOLATION_KEYS);
 
 /**
  * The line of a record: its canonical JSON. A violation or audit record
- * without a sig (every one the agent writes) is written member by member in
- * the fixed canonical order, {data, genesis?, kind, prev, seq, time}; any
- * other record, or one this does not recognise as such, goes through
- * canonicalJson(). Same bytes either way (test/unit/audit.test.ts checks).
+ * without a sig is written with the fixed-order writer (violationRecordLine);
+ * any other record, or one this does not recognise as such, goes through
+ * canonicalJson(). Same bytes either way (test/unit/audit-format.test.ts).
  */
 export function recordLine(r: AuditRecord): string {
-  const fast = fastRecordLine(r);
-  return fast ?? canonicalJson(r);
+  return fastRecordLine(r) ?? canonicalJson(r);
 }
 
 function fastRecordLine(r: AuditRecord): string | null {
@@ -119,8 +117,6 @@ function fastRecordLine(r: AuditRecord): string | null {
   if (n !== (r.genesis === true ? 6 : 5)) return null;
   if (typeof r.seq !== 'number' || !Number.isFinite(r.seq) || typeof r.time !== 'string' || typeof r.prev !== 'string') return null;
   if (typeof r.data !== 'object' || r.data === null) return null;
-  const data = VIOLATION_JSON.write(r.data);
-  if (data === null) return null;
   let time: string;
   let prev: string;
   try {
@@ -129,7 +125,21 @@ function fastRecordLine(r: AuditRecord): string | null {
   } catch {
     return null; // a lone surrogate: canonicalJson(r) says where
   }
+  const data = VIOLATION_JSON.write(r.data);
+  if (data === null) return null;
   return `{"data":${data},${r.genesis === true ? '"genesis":true,' : ''}"kind":"${r.kind}","prev":${prev},"seq":${JSON.stringify(r.seq)},"time":${time}}`;
+}
+
+/**
+ * The line of a violation or audit record the log itself seals: `time` an
+ * ISO date from toISOString(), `prev` a hex digest, `seq` an integer (none
+ * needs escaping). Null when `data` is not a Violation as the agent makes
+ * them: the caller uses recordLine().
+ */
+export function violationRecordLine(seq: number, time: string, kind: 'violation' | 'audit', data: object, prev: string, genesis: boolean): string | null {
+  const d = VIOLATION_JSON.write(data);
+  if (d === null) return null;
+  return `{"data":${d},${genesis ? '"genesis":true,' : ''}"kind":"${kind}","prev":"${prev}","seq":${seq},"time":"${time}"}`;
 }
 
 export type ParsedLine =

@@ -10,7 +10,7 @@ import fc from 'fast-check';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { AuditLog, type AuditLogOptions } from '../../src/audit/audit-log.js';
 import { canonicalJson, FixedShapeJson, sha256Hex } from '../../src/audit/canonical-json.js';
-import { recordLine, type AuditKind, type AuditRecord } from '../../src/audit/record.js';
+import { recordLine, violationRecordLine, type AuditKind, type AuditRecord } from '../../src/audit/record.js';
 import { verifyAuditLog } from '../../src/audit/verify.js';
 
 const FIXTURES = resolve(import.meta.dirname, '../fixtures/audit');
@@ -104,10 +104,27 @@ describe('audit record format', () => {
         } else {
           expect(() => recordLine(rec)).toThrow(want.message);
         }
+        // The writer's own path: time from toISOString(), an integer seq.
+        if ((rec.kind === 'violation' || rec.kind === 'audit') && Number.isSafeInteger(rec.seq)) {
+          const sealed = { ...rec, time: new Date(rec.seq).toISOString() };
+          const line = violationRecordLine(sealed.seq, sealed.time, rec.kind, sealed.data, sealed.prev, sealed.genesis === true);
+          if (line !== null) expect(line).toBe(canonicalJson(sealed));
+        }
       }),
       { numRuns: 3000 },
     );
     expect(fast).toBeGreaterThan(500);
+  });
+
+  it('the fixed-order writer refuses what it cannot write in order or does not see as canonicalJson does', () => {
+    expect(() => new FixedShapeJson(['a', '10', '9'])).toThrow(/array index/);
+    const shape = new FixedShapeJson(['a', 'b']);
+    expect(shape.write({ b: 1, a: 'x' })).toBe('{"a":"x","b":1}');
+    expect(shape.write({ a: 'x', b: undefined, c: undefined })).toBe('{"a":"x"}');
+    expect(shape.write({ a: 'x', c: 1 })).toBeNull();
+    expect(shape.write(Object.create({ a: 'inherited' }) as object)).toBeNull();
+    expect(shape.write({ a: [1] })).toBeNull();
+    expect(shape.write(new (class { a = 1; })())).toBeNull();
   });
 
   it('canonicalJson still says where a value cannot be written', () => {
