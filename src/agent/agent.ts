@@ -25,7 +25,7 @@ import { LocalApi, LocalApiError } from './local-api.js';
 import { ObserveHub, type ObserveFilter } from './observe.js';
 import { policyDigest } from './policy-digest.js';
 import { AuditLog, type AuditLogOptions } from '../audit/audit-log.js';
-import { AttributionCache, ProcessNameCache, fastAddress } from './attribution.js';
+import { AttributionCache, IsoClock, ProcessNameCache, fastAddress } from './attribution.js';
 import type { EventReporter, EventReporterOptions, policyReference } from '../report/k8s-events.js';
 import { AgentMetrics, type KernelCountSample } from '../report/metrics.js';
 import { domainOf, workloadOf } from '../report/workload.js';
@@ -639,6 +639,7 @@ export class Agent {
   private readonly attribution = new AttributionCache((s, p, d, proto, port) => this.engine.explain(s, p, d, proto, port));
   /** /proc/PID/comm at most once a second per process. */
   private readonly processNames = new ProcessNameCache(processName);
+  private readonly isoClock = new IsoClock();
 
   private enrich(e: RawEvent): Violation | null {
     const ep = this.endpoints.get(e.endpointId);
@@ -677,7 +678,7 @@ export class Agent {
       }
     }
     return {
-      time: new Date().toISOString(),
+      time: this.isoClock.now(),
       verdict,
       reason,
       namespace: ep?.namespace ?? '',

@@ -167,7 +167,7 @@ function isV4Mapped(b: Uint8Array): boolean {
 
 /** A process name looked up at most once a second per (pid, thread name): /proc/PID/comm is a file read per event otherwise. */
 export class ProcessNameCache {
-  private names = new Map<string, { name: string | null; at: number }>();
+  private names = new Map<number, { thread: string; name: string | null; at: number }>();
 
   constructor(
     private readonly lookup: (pid: number) => string | null,
@@ -182,14 +182,28 @@ export class ProcessNameCache {
    * reused pid could show the name of the process that had it before.
    */
   get(pid: number, thread: string): string | null {
-    const key = `${pid}/${thread}`;
     const t = this.now();
-    const c = this.names.get(key);
-    if (c && t - c.at < this.ttlMs) return c.name;
+    const c = this.names.get(pid);
+    if (c && c.thread === thread && t - c.at < this.ttlMs) return c.name;
     const name = this.lookup(pid);
     if (!c && this.names.size >= this.maxEntries) this.names.clear();
-    this.names.set(key, { name, at: t });
+    this.names.set(pid, { thread, name, at: t });
     return name;
+  }
+}
+
+/** Date#toISOString() of now, made once per millisecond (the events of a batch share a few). */
+export class IsoClock {
+  private lastMs = Number.NaN;
+  private last = '';
+
+  now(): string {
+    const t = Date.now();
+    if (t !== this.lastMs) {
+      this.last = new Date(t).toISOString();
+      this.lastMs = t;
+    }
+    return this.last;
   }
 }
 

@@ -213,7 +213,7 @@ export class AuditLog {
   append<K extends AuditKind>(kind: K, data: AuditData[K]): { seq: number; hash: string } {
     this.usable();
     if (!(AUDIT_KINDS as readonly string[]).includes(kind)) throw new TypeError(`AuditLog.append: kind ${JSON.stringify(kind)} is not one of ${AUDIT_KINDS.join(', ')}`);
-    const { seq, hash } = this.push(kind, data);
+    const { seq, hash } = this.pushAppended(kind, data);
     this.sinceCheckpoint += 1;
     if (this.checkpointEvery > 0 && this.sinceCheckpoint >= this.checkpointEvery) this.queueCheckpoint().catch(() => {}); // reported through onError
     return { seq, hash };
@@ -276,23 +276,36 @@ export class AuditLog {
   }
 
   /** Seals the next record into the chain and queues its line. */
-  private push(kind: string, data: object, checkpoint: 'sign' | null = null): { seq: number; hash: string; record: AuditRecord; entry: Entry } {
+  private push(kind: string, data: object, checkpoint: 'sign' | null = null, time = this.isoTime()): { seq: number; hash: string; record: AuditRecord; entry: Entry } {
     const prev = this.prevHash ?? ZERO_HASH;
-    const record: AuditRecord = { seq: this.nextSeq, time: this.isoTime(), kind, data: data as Record<string, unknown>, prev };
+    const record: AuditRecord = { seq: this.nextSeq, time, kind, data: data as Record<string, unknown>, prev };
     if (this.prevHash === null) record.genesis = true;
     if (checkpoint === 'sign' && this.key) record.sig = signCheckpoint(record, this.key);
-    const line =
-      ((kind === 'violation' || kind === 'audit') && record.sig === undefined
-        ? violationRecordLine(record.seq, record.time, kind, data, prev, record.genesis === true)
-        : null) ?? recordLine(record); // throws before the chain moves
+    const line = recordLine(record); // throws before the chain moves
+    const { hash, entry } = this.enqueue(record.seq, line);
+    return { seq: record.seq, hash, record, entry };
+  }
+
+  /** push() for the records appended most (violations, audit verdicts): no record object, the fixed-order writer. */
+  private pushAppended(kind: AuditKind, data: object): { seq: number; hash: string } {
+    if (kind !== 'violation' && kind !== 'audit') return this.push(kind, data);
+    const seq = this.nextSeq;
+    const time = this.isoTime();
+    const line = violationRecordLine(seq, time, kind, data, this.prevHash ?? ZERO_HASH, this.prevHash === null);
+    if (line === null) return this.push(kind, data, null, time);
+    return { seq, hash: this.enqueue(seq, line).hash };
+  }
+
+  /** Moves the chain to a sealed line and queues it. */
+  private enqueue(seq: number, line: string): { hash: string; entry: Entry } {
     const hash = sha256Hex(line);
     this.prevHash = hash;
     this.nextSeq += 1;
-    const entry: Entry = { line, size: Buffer.byteLength(line) + 1, seq: record.seq, checkpoint: null };
+    const entry: Entry = { line, size: Buffer.byteLength(line) + 1, seq, checkpoint: null };
     this.queue.push(entry);
     this.queuedBytes += entry.size;
     this.kick();
-    return { seq: record.seq, hash, record, entry };
+    return { hash, entry };
   }
 
   private lastTimeMs = Number.NaN;

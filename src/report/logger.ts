@@ -20,13 +20,24 @@ import { pino, type DestinationStream, type Logger, type LevelWithSilent } from 
 export const LOG_LEVELS: readonly LevelWithSilent[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
 export const REDACTED = '[redacted]';
-/** Keys whose values never reach a log line, compared case-insensitively. */
-const SECRET_KEYS = new Set(['token', 'bearertoken', 'authorization', 'password']);
-const SECRET_KEY_LENGTHS = new Set([...SECRET_KEYS].map((k) => k.length));
+/** Keys whose values never reach a log line, compared case-insensitively (ASCII). */
+const SECRET_KEYS = ['token', 'bearertoken', 'authorization', 'password'];
 /** How deep redactSecrets looks (a log object, a field, its fields...); deeper objects are logged as they are. */
 const MAX_DEPTH = 6;
 
-const isSecretKey = (k: string): boolean => SECRET_KEY_LENGTHS.has(k.length) && SECRET_KEYS.has(k.toLowerCase());
+/**
+ * k equals one of SECRET_KEYS but for ASCII case. Without toLowerCase(), which
+ * made a string per key of every line. `| 0x20` lower-cases A-Z and maps no
+ * other character onto a lower-case letter.
+ */
+function isSecretKey(k: string): boolean {
+  next: for (const w of SECRET_KEYS) {
+    if (k.length !== w.length) continue;
+    for (let i = 0; i < w.length; i++) if ((k.charCodeAt(i) | 0x20) !== w.charCodeAt(i)) continue next;
+    return true;
+  }
+  return false;
+}
 
 /** Objects redactSecrets looks into: not byte arrays (they have no keys worth a walk and can be large) or other binary or collection types JSON does not show. */
 function walkable(v: unknown): v is Record<string, unknown> {
