@@ -404,7 +404,11 @@ function moduleBaseline(): ModuleBaseline[] {
   const rows: [string, string][] = [
     ['Node.js, nothing loaded', ''],
     ['@kubernetes/client-node alone', "await import('@kubernetes/client-node');"],
-    ['the agent\'s modules (dist/agent/agent.js), no state', `await import(${JSON.stringify(pathToFileURL(join(root, 'dist', 'agent', 'agent.js')).href)});`],
+    ['the agent\'s modules (dist/agent/agent.js), no state: what `weir agent --manifests` loads', `await import(${JSON.stringify(pathToFileURL(join(root, 'dist', 'agent', 'agent.js')).href)});`],
+    [
+      'the agent\'s modules and the Kubernetes source and Events reporter (loaded when used: `weir agent` without --manifests)',
+      ['agent/agent.js', 'sources/kubernetes.js', 'report/k8s-events.js'].map((m) => `await import(${JSON.stringify(pathToFileURL(join(root, 'dist', m)).href)});`).join(' '),
+    ],
   ];
   return rows.map(([what, code]) => {
     const out = execFileSync(process.execPath, ['--input-type=module', '-e', `${code} const m = process.memoryUsage(); console.log(JSON.stringify([m.rss, m.heapUsed]));`], { cwd: root, encoding: 'utf8' });
