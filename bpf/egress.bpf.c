@@ -4,7 +4,10 @@
  * cannot see (ICMP, raw sockets, connected UDP sends) and revocation:
  * packets of an established connection are judged against the current
  * policy, so removing an allowance cuts the connection. Counts every judged
- * packet exactly, by endpoint and verdict.
+ * packet exactly, by endpoint and verdict. Addresses a pod learned from DNS
+ * count on the would-drop path (policy.h); built with WEIR_FQDN_LEARN
+ * (egress-fqdn.bpf.o, kernels with bpf_loop) it also tracks the pod's DNS
+ * queries to trusted resolvers so their answers can teach (fqdn_learn.h).
  */
 #include "lib/common.h"
 #include "lib/identity.h"
@@ -12,6 +15,9 @@
 #include "lib/policy.h"
 #include "lib/conntrack.h"
 #include "lib/report.h"
+#ifdef WEIR_FQDN_LEARN
+#include "lib/fqdn_learn.h"
+#endif
 
 SEC("cgroup_skb/egress")
 int weir_egress(struct __sk_buff *skb)
@@ -41,7 +47,7 @@ int weir_egress(struct __sk_buff *skb)
 	if (f.l4_unknown)
 		weir_stat_inc(WEIR_STAT_L4_UNKNOWN);
 
-	weir_judge(pod, &f, &d, &generation);
+	weir_judge(pod, &f, &d, &generation, skb, &l4);
 
 	if (d.verdict == WEIR_VERDICT_DROP || d.verdict == WEIR_VERDICT_AUDIT) {
 		struct weir_ct_key k;
@@ -62,6 +68,12 @@ int weir_egress(struct __sk_buff *skb)
 			weir_blame_full_ct(&d, maybe_reply);
 		}
 	}
+
+#ifdef WEIR_FQDN_LEARN
+	/* One flag test for sets without fqdn peers. */
+	if ((d.set_flags & WEIR_SET_F_FQDN) && f.proto == IPPROTO_UDP && f.has_ports && d.verdict != WEIR_VERDICT_DROP)
+		weir_dns_track_query(skb, pod, &f);
+#endif
 
 	segs = skb->gso_segs ? skb->gso_segs : 1;
 	weir_count(pod->endpoint_id, WEIR_COUNT_PACKETS, d.verdict, segs, skb->len);

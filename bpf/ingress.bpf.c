@@ -10,11 +10,17 @@
  * a socket connected to the datagram's source) is not recorded as an inbound flow, so the pod's own
  * flow never outlives its allowance as a "reply". TCP needs no such check: a
  * flow the pod opened is answered by a SYN-ACK, which creates nothing.
+ * Built with WEIR_FQDN_LEARN (ingress-fqdn.bpf.o, kernels with bpf_loop) it
+ * also learns the addresses of DNS answers to the pod's tracked queries,
+ * before the answer reaches the pod's socket (fqdn_learn.h).
  */
 #include "lib/common.h"
 #include "lib/identity.h"
 #include "lib/parse.h"
 #include "lib/conntrack.h"
+#ifdef WEIR_FQDN_LEARN
+#include "lib/fqdn_learn.h"
+#endif
 
 /*
  * Does this datagram answer a flow the pod opened? Yes when the receiving
@@ -72,6 +78,10 @@ int weir_ingress(struct __sk_buff *skb)
 		return 1;
 	if (weir_is_loopback(&f))
 		return 1;
+#ifdef WEIR_FQDN_LEARN
+	if (f.proto == IPPROTO_UDP && f.has_ports)
+		weir_dns_learn_answer(skb, pod, &f);
+#endif
 
 	switch (f.proto) {
 	case IPPROTO_TCP:

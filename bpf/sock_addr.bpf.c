@@ -68,7 +68,7 @@ static __always_inline int weir_sock_verdict(struct bpf_sock_addr *ctx, __u8 fam
 	if (weir_is_loopback(&f))
 		return 1;
 
-	weir_judge(pod, &f, &d, &generation);
+	weir_judge(pod, &f, &d, &generation, NULL, NULL);
 	if (d.verdict == WEIR_VERDICT_DROP || d.verdict == WEIR_VERDICT_AUDIT) {
 		struct weir_ct_key k;
 

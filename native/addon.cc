@@ -118,6 +118,9 @@ Napi::Value ProgInfo(const Napi::CallbackInfo& info) {
   char hex[2 * BPF_TAG_SIZE + 1];
   for (int i = 0; i < BPF_TAG_SIZE; i++) snprintf(hex + 2 * i, 3, "%02x", pinfo.tag[i]);
   o.Set("tag", hex);
+  // Instructions the verifier processed to accept it (5.16+; 0 before).
+  o.Set("verifiedInsns", Napi::Number::New(env, pinfo.verified_insns));
+  o.Set("xlatedInsns", Napi::Number::New(env, pinfo.xlated_prog_len / 8));
   return o;
 }
 
@@ -135,6 +138,22 @@ Napi::Value LinkInfoById(const Napi::CallbackInfo& info) {
     close(fd);
     throw;
   }
+}
+
+// Whether the kernel offers a helper (BPF_FUNC_*) to a program type
+// (BPF_PROG_TYPE_*): libbpf loads a tiny program that calls it and reads
+// the verifier's answer. Needs the privileges of a load.
+Napi::Value ProbeBpfHelper(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t prog_type = U32Arg(info, 0, "progType");
+  uint32_t helper = U32Arg(info, 1, "helperId");
+  int r = libbpf_probe_bpf_helper(static_cast<enum bpf_prog_type>(prog_type), static_cast<enum bpf_func_id>(helper),
+                                  nullptr);
+  if (r < 0) {
+    ThrowSysError(env, -r, "libbpf_probe_bpf_helper",
+                  "program type " + std::to_string(prog_type) + ", helper " + std::to_string(helper));
+  }
+  return Napi::Boolean::New(env, r > 0);
 }
 
 // What a bpffs pin is: the anon inode behind the fd names the object kind.
@@ -226,6 +245,8 @@ Napi::Object Constants(Napi::Env env) {
   C(BPF_MAP_TYPE_RINGBUF);
   // link types
   C(BPF_LINK_TYPE_CGROUP);
+  // helpers probed at load (probeBpfHelper)
+  C(BPF_FUNC_loop);
 #undef C
   return c;
 }
@@ -258,6 +279,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("progQuery", Napi::Function::New<ProgQuery>(env, "progQuery"));
   exports.Set("progInfo", Napi::Function::New<ProgInfo>(env, "progInfo"));
   exports.Set("linkInfoById", Napi::Function::New<LinkInfoById>(env, "linkInfoById"));
+  exports.Set("probeBpfHelper", Napi::Function::New<ProbeBpfHelper>(env, "probeBpfHelper"));
   exports.Set("pinnedObjectType", Napi::Function::New<PinnedObjectType>(env, "pinnedObjectType"));
   exports.Set("constants", Constants(env));
   return exports;

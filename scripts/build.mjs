@@ -1,6 +1,11 @@
 #!/usr/bin/env node
 // Builds everything weir needs at run time, skipping what is up to date:
 //   bpf/*.bpf.c  -> build/bpf/*.bpf.o      (clang -target bpf -O2 -g)
+//     and the variants below: egress and ingress also as *-fqdn.bpf.o with
+//     DNS learning, which needs bpf_loop (kernel 5.17); the loader picks the
+//     variant the kernel accepts (src/datapath/datapath.ts). A compile-time
+//     switch, not a `const volatile` setting: an older verifier refuses a
+//     program that mentions bpf_loop at all, even in code it would prune.
 //   test/fixtures/*.bpf.c -> build/bpf/fixtures/*.bpf.o, bench/bpf/*.bpf.c -> build/bpf/bench/
 //   native/      -> build/Release/weir.node (node-gyp, system libbpf)
 //   src/         -> dist/                   (tsc)
@@ -44,6 +49,12 @@ function stale(out, inputs) {
   return force || !existsSync(out) || statSync(out).mtimeMs < newest(inputs);
 }
 
+/** Extra objects built from a source in bpf/: file -> [[output, defines]]. */
+const VARIANTS = {
+  'egress.bpf.c': [['egress-fqdn.bpf.o', ['-DWEIR_FQDN_LEARN']]],
+  'ingress.bpf.c': [['ingress-fqdn.bpf.o', ['-DWEIR_FQDN_LEARN']]],
+};
+
 function buildBpf() {
   const headers = [join(root, 'bpf/include'), join(root, 'bpf/lib')];
   const jobs = [];
@@ -56,15 +67,18 @@ function buildBpf() {
     if (!existsSync(dir)) continue;
     mkdirSync(join(root, outDir), { recursive: true });
     for (const f of readdirSync(dir).filter((f) => f.endsWith('.bpf.c'))) {
-      const out = join(root, outDir, f.replace(/\.c$/, '.o'));
-      if (stale(out, [join(dir, f), ...headers])) jobs.push([join(dir, f), out]);
+      const outs = [[f.replace(/\.c$/, '.o'), []], ...(srcDir === 'bpf' ? (VARIANTS[f] ?? []) : [])];
+      for (const [o, defines] of outs) {
+        const out = join(root, outDir, o);
+        if (stale(out, [join(dir, f), ...headers])) jobs.push([join(dir, f), out, defines]);
+      }
     }
   }
-  for (const [src, out] of jobs) {
-    console.log(`weir build: clang ${src.slice(root.length + 1)}`);
+  for (const [src, out, defines] of jobs) {
+    console.log(`weir build: clang ${src.slice(root.length + 1)}${defines.length ? ` ${defines.join(' ')}` : ''}`);
     run('clang', [
       '-target', 'bpf', '-mcpu=v3', '-O2', '-g', '-Wall', '-Werror',
-      '-D__TARGET_ARCH_x86',
+      '-D__TARGET_ARCH_x86', ...defines,
       '-I', join(root, 'bpf/include'), '-I', join(root, 'bpf'),
       '-I', '/usr/include/x86_64-linux-gnu',
       '-c', src, '-o', out,

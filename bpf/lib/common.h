@@ -13,6 +13,7 @@
 #include <bpf/bpf_endian.h>
 
 #include "weir_abi.h"
+#include "dns_types.h"
 
 #ifndef AF_INET
 #define AF_INET 2
@@ -131,6 +132,44 @@ struct {
 	__type(value, struct weir_sk_flows);
 } weir_sk_flows SEC(".maps");
 
+/* DNS-aware egress: layouts and who writes what in weir_abi.h. Defined in
+ * every object (the plain ones read weir_fqdn_keys and weir_fqdn_learned
+ * for the verdict), so all of them share one pinned instance of each. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEIR_DEFAULT_DNS_RESOLVERS);
+	__type(key, struct weir_dns_resolver_key);
+	__type(value, struct weir_dns_resolver_value);
+} weir_dns_resolvers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEIR_DEFAULT_FQDN_KEYS);
+	__type(key, struct weir_dns_key);
+	__type(value, struct weir_fqdn_key_value);
+} weir_fqdn_keys SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, WEIR_DEFAULT_DNS_QUERIES);
+	__type(key, struct weir_dns_query_key);
+	__type(value, struct weir_dns_query_value);
+} weir_dns_queries SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEIR_DEFAULT_FQDN_LEARNED);
+	__type(key, struct weir_fqdn_learned_key);
+	__type(value, struct weir_fqdn_learned_value);
+} weir_fqdn_learned SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, WEIR_DNS_SCRATCH_ENTRIES);
+	__type(key, __u32);
+	__type(value, struct weir_dns_state);
+} weir_dns_scratch SEC(".maps");
+
 static __always_inline void weir_stat_inc(__u32 which)
 {
 	__u64 *v = bpf_map_lookup_elem(&weir_stats, &which);
@@ -153,6 +192,26 @@ struct weir_flow {
 	__u8 src[16];
 	__u8 dst[16];
 };
+
+/*
+ * An address as the per-address maps key it (weir_pod_ips,
+ * weir_fqdn_learned): an IPv4-mapped IPv6 address (::ffff:a.b.c.d, from a
+ * dual-stack socket) is its IPv4 address. Writes 16 bytes to out (IPv4:
+ * the first 4, the rest zero) and returns the family to key with.
+ */
+static __always_inline __u8 weir_addr_key(__u8 family, const __u8 *addr, __u8 *out)
+{
+	__u32 w[4];
+
+	__builtin_memcpy(w, addr, 16);
+	if (family == AF_INET6 && !(w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0x0000ffff))) {
+		__builtin_memcpy(out, w, 16);
+		return AF_INET6;
+	}
+	__builtin_memset(out, 0, 16);
+	__builtin_memcpy(out, family == AF_INET6 ? &w[3] : &w[0], 4);
+	return AF_INET;
+}
 
 /* weir_flow.l4_unknown: why the transport header is not known. */
 #define WEIR_L4_PORTS 1		/* protocol known, its ports not (truncated) */

@@ -59,21 +59,7 @@ static __always_inline int weir_is_own_address(const struct weir_pod_value *pod,
 	struct weir_pod_ip_value *v;
 
 	__builtin_memset(&k, 0, sizeof(k));
-	if (f->family == AF_INET6) {
-		__u32 w[4];
-
-		__builtin_memcpy(w, f->dst, 16);
-		if (w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0x0000ffff)) {
-			k.family = AF_INET;
-			__builtin_memcpy(k.addr, &w[3], 4);
-		} else {
-			k.family = AF_INET6;
-			__builtin_memcpy(k.addr, f->dst, 16);
-		}
-	} else {
-		k.family = AF_INET;
-		__builtin_memcpy(k.addr, f->dst, 4);
-	}
+	k.family = weir_addr_key(f->family, f->dst, k.addr);
 	v = bpf_map_lookup_elem(&weir_pod_ips, &k);
 	return v && v->endpoint_id == pod->endpoint_id;
 }

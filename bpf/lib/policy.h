@@ -3,6 +3,7 @@
 #define WEIR_POLICY_H
 
 #include "common.h"
+#include "parse.h"
 
 /*
  * Destination lookup: a multibit trie (stride 8, leaf-pushed) walked one
@@ -120,6 +121,8 @@ struct weir_decision {
 	__u8 verdict;		/* enum weir_verdict */
 	__u8 reason;		/* enum weir_reason */
 	__u8 bits;		/* WEIR_BIT_* found for the destination */
+	__u32 set_flags;	/* the pod's set's WEIR_SET_F_* (0: no valid set) */
+	__u32 class_id;		/* the trie's port class for the destination */
 };
 
 /*
@@ -153,14 +156,220 @@ static __always_inline void weir_decide(__u32 set_flags, __u8 bits, struct weir_
 	}
 }
 
-/* The whole policy decision for a flow from a known pod. */
+/*
+ * Why a drop or audit: a set that never compiled says so; a packet whose
+ * transport header could not be read says so unless a port-less deny rule
+ * decided it (it would have whatever the ports).
+ */
+static __always_inline void weir_explain(struct weir_decision *d, const struct weir_flow *f)
+{
+	if (d->verdict != WEIR_VERDICT_DROP && d->verdict != WEIR_VERDICT_AUDIT)
+		return;
+	if (d->set_flags & WEIR_SET_F_NOT_COMPILED) {
+		d->reason = WEIR_REASON_NOT_COMPILED;
+	} else if (f->l4_unknown) {
+		__u32 class_id = d->class_id;
+		struct weir_port_class *c = class_id ? bpf_map_lookup_elem(&weir_classes, &class_id) : 0;
+		__u8 any = c ? c->any_bits : 0;
+
+		if (!(any & (d->verdict == WEIR_VERDICT_DROP ? WEIR_BIT_E_DENY : WEIR_BIT_A_DENY)))
+			d->reason = WEIR_REASON_L4_UNKNOWN;
+	}
+}
+
+/*
+ * ---- what the pod learned from DNS (weir_fqdn_learned) ----------------------
+ *
+ * Consulted only on the would-drop path (no Enforce allow from the trie, or
+ * the audit pass would report) of a set with fqdn keys, so allowed traffic
+ * and sets without fqdn peers pay nothing (one flag test). The learned
+ * entry is the pod's own ({endpoint, family, destination}); each slot names
+ * the key the pod's question matched, looked up under the pod's *current*
+ * set id in weir_fqdn_keys: a removed rule revokes at once, established
+ * connections included, and a pod that changed sets gets only what its new
+ * policy allows. The class bits of every usable slot are ORed into the
+ * trie's before the one decision, so precedence is unchanged (a trie deny
+ * is never looked past; an fqdn deny applies only on this path).
+ *
+ * lenient: the packet belongs to a connection a socket hook already judged
+ * (a TCP segment other than a bare SYN, or a UDP datagram, from a socket
+ * that is not raw): an expired slot still present counts, so a long
+ * download outlives the record's TTL. connect, sendmsg, the TCP SYN and
+ * packets without a socket hook need an unexpired slot.
+ *
+ * The lookups are global functions: the verifier checks each once, on its
+ * own, rather than once per path at every call site (inlined, the slot
+ * loop takes egress past the 1,000,000-instruction budget). Global
+ * functions take scalars and their program's context (all that 5.8
+ * accepts), so the flow comes packed (weir_flow_facts) and the destination
+ * as two words.
+ */
+/* weir_flow_facts: the flow (bits 0..39), and the packet's TCP flags. */
+#define WEIR_FACT_TCP_FLAGS_SHIFT 40
+
+static __always_inline __u64 weir_flow_facts(const struct weir_flow *f)
+{
+	return (__u64)f->proto | (__u64)f->dport << 8 | (__u64)(f->has_ports & 1) << 24 |
+	       (__u64)(f->fragment & 1) << 25 | (__u64)(f->l4_unknown & 3) << 26 | (__u64)f->family << 32;
+}
+
+/*
+ * weir_class_bits of a class for a flow given as weir_flow_facts: the same
+ * answer, in one linear pass over the ranges (rare path: only learned
+ * addresses; one loop is much cheaper to verify with the flow unknown).
+ */
+__noinline int weir_class_bits_of(__u32 class_id, __u64 facts)
+{
+	__u8 proto = facts & 0xff, has_ports = (facts >> 24) & 1, fragment = (facts >> 25) & 1, l4u = (facts >> 26) & 3;
+	__u16 port = (facts >> 8) & 0xffff;
+	struct weir_port_class *c;
+	__u8 bits, any = 0;
+	__u32 n;
+
+	if (!class_id)
+		return 0;
+	c = bpf_map_lookup_elem(&weir_classes, &class_id);
+	if (!c)
+		return 0;
+	bits = c->any_bits;
+	n = c->nranges;
+	for (__u32 i = 0; i < WEIR_PORT_RANGES_MAX; i++) {
+		struct weir_port_range *r = &c->r[i];
+		int same = r->proto == proto;
+
+		if (i >= n)
+			break;
+		if (l4u) {
+			/* as if to every port: every deny of its protocol (of any) */
+			if (l4u == WEIR_L4_PROTO || same)
+				any |= r->bits & (WEIR_BIT_E_DENY | WEIR_BIT_A_DENY);
+		} else if (fragment) {
+			/* no ports: some allow for its protocol */
+			if (same)
+				any |= r->bits & (WEIR_BIT_E_ALLOW | WEIR_BIT_A_ALLOW);
+		} else if (has_ports && same && r->lo <= port && port <= r->hi) {
+			any |= r->bits;
+		}
+	}
+	return bits | any;
+}
+
+#ifndef SOCK_RAW
+#define SOCK_RAW 3
+#endif
+
+/* See "lenient" above. */
+static __always_inline int weir_fqdn_lenient(struct __sk_buff *skb, __u64 facts)
+{
+	__u8 proto = facts & 0xff, tcp_flags = (facts >> WEIR_FACT_TCP_FLAGS_SHIFT) & 0xff;
+	struct bpf_sock *sk;
+
+	if (proto == IPPROTO_TCP) {
+		if ((tcp_flags & (WEIR_TCP_SYN | WEIR_TCP_ACK)) == WEIR_TCP_SYN)
+			return 0;
+	} else if (proto != IPPROTO_UDP) {
+		return 0;
+	}
+	sk = skb->sk;
+	if (!sk)
+		return 0;
+	sk = bpf_sk_fullsock(sk);
+	return sk && sk->type != SOCK_RAW;
+}
+
+/*
+ * The class bits the pod's learned keys give the destination dst (dst_lo,
+ * dst_hi: its 16 bytes). who: endpoint id | set id << 32; facts:
+ * weir_flow_facts with the packet's TCP flags. skb: the packet (egress),
+ * or NULL (socket hooks: never lenient).
+ */
+static __always_inline int weir_fqdn_learned_bits(struct __sk_buff *skb, __u64 who, __u64 facts, __u64 dst_lo, __u64 dst_hi)
+{
+	struct weir_fqdn_learned_key lk;
+	struct weir_fqdn_learned_value *v;
+	__u64 dst[2] = { dst_lo, dst_hi };
+	int bits = 0, lenient;
+	__u64 now;
+
+	__builtin_memset(&lk, 0, sizeof(lk));
+	lk.endpoint_id = who & 0xffffffff;
+	lk.family = weir_addr_key((facts >> 32) & 0xff, (const __u8 *)dst, lk.addr);
+	v = bpf_map_lookup_elem(&weir_fqdn_learned, &lk);
+	if (!v)
+		return 0;
+	lenient = skb ? weir_fqdn_lenient(skb, facts) : 0;
+	now = bpf_ktime_get_ns();
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < WEIR_FQDN_SLOTS; i++) {
+		struct weir_fqdn_slot *s = &v->slot[i];
+		struct weir_fqdn_key_value *kv;
+		struct weir_dns_key k;
+		int b;
+
+		/* kind is written last when a slot is (re)filled, and is 0
+		 * while it is rewritten: a slot read with a kind is complete. */
+		__builtin_memset(&k, 0, sizeof(k));
+		k.kind = *(volatile __u8 *)&s->kind;
+		if (!k.kind)
+			continue;
+		if (!lenient && s->expires_ns <= now)
+			continue;
+		k.set_id = who >> 32;
+		k.hash = s->hash;
+		kv = bpf_map_lookup_elem(&weir_fqdn_keys, &k);
+		if (!kv)
+			continue;
+		b = weir_class_bits_of(kv->class_id, facts);
+		if (!b)
+			continue;
+		bits |= b;
+		/* Kept by the agent's expiry sweep while in use; written at
+		 * most once a second so busy flows do not bounce the line. */
+		if (now - s->last_use_ns > 1000000000ull)
+			s->last_use_ns = now;
+	}
+	return bits & 0xff;
+}
+
+/* The two entry points (global functions take a context of their own
+ * program type): packets, and the socket hooks. */
+__noinline int weir_fqdn_bits_skb(struct __sk_buff *skb, __u64 who, __u64 facts, __u64 dst_lo, __u64 dst_hi)
+{
+	return weir_fqdn_learned_bits(skb, who, facts, dst_lo, dst_hi);
+}
+
+__noinline int weir_fqdn_bits_sock(__u64 who, __u64 facts, __u64 dst_lo, __u64 dst_hi)
+{
+	return weir_fqdn_learned_bits(NULL, who, facts, dst_lo, dst_hi);
+}
+
+/*
+ * May learned keys change what the trie's bits decide? Not past an Enforce
+ * deny; yes without an Enforce allow, or when the audit pass would report
+ * for want of an allow.
+ */
+static __always_inline int weir_would_refuse(__u32 set_flags, __u8 bits)
+{
+	if (bits & WEIR_BIT_E_DENY)
+		return 0;
+	return !(bits & WEIR_BIT_E_ALLOW) || ((set_flags & WEIR_SET_F_A_ISOLATED) && !(bits & WEIR_BIT_A_ALLOW));
+}
+
+/*
+ * The whole policy decision for a flow from a known pod: the trie, and on
+ * the would-drop path what the pod learned from DNS. skb and l4: the packet
+ * (egress), or NULL for the socket hooks (never lenient).
+ */
 static __always_inline void weir_judge(const struct weir_pod_value *pod, const struct weir_flow *f,
-				       struct weir_decision *d, __u32 *generation)
+				       struct weir_decision *d, __u32 *generation,
+				       struct __sk_buff *skb, const struct weir_l4 *l4)
 {
 	__u32 set_id = pod->set_id;
 	struct weir_set_value *set = bpf_map_lookup_elem(&weir_sets, &set_id);
-	__u32 class_id;
+	__u8 bits;
 
+	d->set_flags = 0;
+	d->class_id = 0;
 	if (!set || !(set->flags & WEIR_SET_F_VALID)) {
 		/* The agent writes a set before any pod that uses it; a pod
 		 * without one is an inconsistency: fail closed, say why. */
@@ -171,27 +380,29 @@ static __always_inline void weir_judge(const struct weir_pod_value *pod, const s
 		return;
 	}
 	*generation = set->generation;
+	d->set_flags = set->flags;
 	if (!(set->flags & (WEIR_SET_F_E_ISOLATED | WEIR_SET_F_A_ISOLATED))) {
 		d->verdict = WEIR_VERDICT_ALLOW;
 		d->reason = WEIR_REASON_NOT_ISOLATED;
 		d->bits = 0;
 		return;
 	}
-	class_id = weir_class_of(set, f);
-	weir_decide(set->flags, weir_class_bits(class_id, f), d);
-	if (d->verdict != WEIR_VERDICT_DROP && d->verdict != WEIR_VERDICT_AUDIT)
-		return;
-	if (set->flags & WEIR_SET_F_NOT_COMPILED) {
-		d->reason = WEIR_REASON_NOT_COMPILED;
-	} else if (f->l4_unknown) {
-		/* Unless a port-less deny rule decided it (it would whatever
-		 * the ports), the unread header is why it does not pass. */
-		struct weir_port_class *c = class_id ? bpf_map_lookup_elem(&weir_classes, &class_id) : 0;
-		__u8 any = c ? c->any_bits : 0;
+	d->class_id = weir_class_of(set, f);
+	bits = weir_class_bits(d->class_id, f);
+	/* Sets without fqdn keys pay this flag test and nothing else. */
+	if ((set->flags & WEIR_SET_F_FQDN) && weir_would_refuse(set->flags, bits)) {
+		__u64 who = pod->endpoint_id | (__u64)set_id << 32, dst[2];
+		__u64 facts = weir_flow_facts(f);
 
-		if (!(any & (d->verdict == WEIR_VERDICT_DROP ? WEIR_BIT_E_DENY : WEIR_BIT_A_DENY)))
-			d->reason = WEIR_REASON_L4_UNKNOWN;
+		__builtin_memcpy(dst, f->dst, 16);
+		if (skb && l4)
+			bits |= weir_fqdn_bits_skb(skb, who, facts | (__u64)l4->tcp_flags << WEIR_FACT_TCP_FLAGS_SHIFT,
+						   dst[0], dst[1]);
+		else
+			bits |= weir_fqdn_bits_sock(who, facts, dst[0], dst[1]);
 	}
+	weir_decide(set->flags, bits, d);
+	weir_explain(d, f);
 }
 
 /*

@@ -11,6 +11,15 @@
 //                             pods' cgroup root; a pinned link keeps the
 //                             program attached while the agent is down
 //
+// Objects: egress.bpf.o, ingress.bpf.o, sock_addr.bpf.o, and the variants
+// egress-fqdn.bpf.o and ingress-fqdn.bpf.o with DNS learning (query
+// tracking, answer learning), which need bpf_loop (kernel 5.17). The
+// variants are loaded when the kernel offers bpf_loop to cgroup_skb
+// programs (probed at open; fqdnLearning), the plain objects otherwise:
+// then fqdn peers allow only what the trie allows (nothing is learned).
+// Every variant has every map, so switching between them on a restart
+// updates the pinned links in place like any upgrade.
+//
 // The links are multi-attach cgroup links: they run alongside any program
 // a CNI attached to the same cgroups and can never evict one. On upgrade a
 // pinned link is updated in place to the new program (atomic replacement),
@@ -40,6 +49,7 @@ import {
   RingBuffer,
   BpfMap,
   bpfConstants,
+  probeBpfHelper,
   progQuery,
   type BpfProgram,
   type MapDescriptor,
@@ -53,7 +63,9 @@ import {
   counterIndex,
   decodeCtKey,
   decodeDnsEvent,
+  decodeDnsQueryKey,
   decodeEvent,
+  decodeFqdnLearnedKey,
   decodeNodeState,
   decodePerCpuCounter,
   decodePerCpuU64,
@@ -82,6 +94,14 @@ export interface Capacities {
   podAddresses: number;
   aggregation: number;
   ringbufBytes: number;
+  /** weir_dns_resolvers: trusted resolver addresses and ports. */
+  dnsResolvers: number;
+  /** weir_fqdn_keys: fqdn keys of all sets. */
+  fqdnKeys: number;
+  /** weir_dns_queries: DNS queries awaiting their answer (LRU). */
+  dnsQueries: number;
+  /** weir_fqdn_learned: (pod, address) pairs learned from DNS answers; full = refuse. */
+  fqdnLearned: number;
 }
 
 export const DEFAULT_CAPACITIES: Capacities = {
@@ -94,6 +114,10 @@ export const DEFAULT_CAPACITIES: Capacities = {
   podAddresses: 8192,
   aggregation: 16384,
   ringbufBytes: 4 << 20,
+  dnsResolvers: 256,
+  fqdnKeys: 16384,
+  dnsQueries: 16384,
+  fqdnLearned: 32768,
 };
 
 export interface DatapathOptions {
@@ -108,6 +132,12 @@ export interface DatapathOptions {
   eventsForAllowed?: boolean;
   /** Grace period before a freed map slot is reused. */
   graceMs?: number;
+  /**
+   * DNS learning (the *-fqdn.bpf.o variants): 'auto' (default) loads them
+   * when the kernel offers bpf_loop to cgroup_skb programs, 'on' requires
+   * them, 'off' never loads them.
+   */
+  fqdnLearning?: 'auto' | 'on' | 'off';
   logger: Logger;
 }
 
@@ -118,6 +148,26 @@ interface ProgramSpec {
 }
 
 type AttachName = 'egress' | 'ingress' | 'connect4' | 'connect6' | 'sendmsg4' | 'sendmsg6';
+
+/** The objects with DNS learning, by the plain object they replace. */
+export const FQDN_VARIANTS: Readonly<Record<string, string>> = {
+  'egress.bpf.o': 'egress-fqdn.bpf.o',
+  'ingress.bpf.o': 'ingress-fqdn.bpf.o',
+};
+
+/**
+ * Whether this kernel can run the DNS-learning variants: bpf_loop for
+ * cgroup_skb programs (5.17). A probe that cannot run (no privilege)
+ * answers no, with the reason.
+ */
+export function kernelHasBpfLoop(): { ok: boolean; error?: string } {
+  try {
+    const c = bpfConstants();
+    return { ok: probeBpfHelper(c.BPF_PROG_TYPE_CGROUP_SKB, c.BPF_FUNC_loop) };
+  } catch (err) {
+    return { ok: false, error: (err as Error).message };
+  }
+}
 
 export const PROGRAMS: readonly ProgramSpec[] = [
   { object: 'egress.bpf.o', program: 'weir_egress', attachType: 'egress' },
@@ -142,6 +192,11 @@ export const MAP_NAMES = [
   'weir_sk_owner',
   'weir_sk_flows',
   'weir_node',
+  'weir_dns_resolvers',
+  'weir_fqdn_keys',
+  'weir_dns_queries',
+  'weir_fqdn_learned',
+  'weir_dns_scratch',
 ] as const;
 export type MapName = (typeof MAP_NAMES)[number];
 
@@ -169,8 +224,11 @@ export interface MapMigration {
   dropped: number;
 }
 
-/** The maps the StateWriter fills from the desired state. */
-const POLICY_MAPS: ReadonlySet<MapName> = new Set(['weir_pods', 'weir_pod_ips', 'weir_sets', 'weir_nodes', 'weir_classes']);
+/**
+ * The maps filled from the desired state (weir_fqdn_keys holds class ids
+ * of weir_classes, so it migrates with them; the resolvers are policy too).
+ */
+const POLICY_MAPS: ReadonlySet<MapName> = new Set(['weir_pods', 'weir_pod_ips', 'weir_sets', 'weir_nodes', 'weir_classes', 'weir_fqdn_keys', 'weir_dns_resolvers']);
 /** Map types whose entries can be read out and written back (not the ring buffer, not socket storage). */
 const COPYABLE_TYPES = new Set(['hash', 'array', 'percpu_hash', 'percpu_array', 'lru_hash', 'lru_percpu_hash']);
 
@@ -199,8 +257,13 @@ export class Datapath {
    * on empty policy maps.
    */
   readonly attachAfterFirstApply: boolean;
+  /** Whether the DNS-learning variants are loaded (queries tracked, answers learned). */
+  readonly fqdnLearning: boolean;
+  /** Why not, when they are not: 'off', or what the probe found. */
+  readonly fqdnLearningUnavailable: string | null;
 
   private constructor(
+    /** Loaded objects by their PROGRAMS name (egress.bpf.o even when its fqdn variant was loaded). */
     private readonly objects: Map<string, BpfObject>,
     private readonly maps: Map<MapName, BpfMap>,
     pinDir: string,
@@ -210,7 +273,12 @@ export class Datapath {
     migrations: MapMigration[] = [],
     attachAfterFirstApply = false,
     private readonly ctTimeoutNs: bigint = 300_000_000_000n,
+    fqdn: { loaded: boolean; unavailable: string | null } = { loaded: false, unavailable: 'off' },
+    /** The file loaded for each PROGRAMS object. */
+    private readonly files: ReadonlyMap<string, string> = new Map(),
   ) {
+    this.fqdnLearning = fqdn.loaded;
+    this.fqdnLearningUnavailable = fqdn.unavailable;
     this.pinDir = pinDir;
     this.migrations = migrations;
     this.attachAfterFirstApply = attachAfterFirstApply;
@@ -257,12 +325,32 @@ export class Datapath {
       weir_pod_ips: caps.podAddresses,
       weir_agg: caps.aggregation,
       weir_events: caps.ringbufBytes,
+      weir_dns_resolvers: caps.dnsResolvers,
+      weir_fqdn_keys: caps.fqdnKeys,
+      weir_dns_queries: caps.dnsQueries,
+      weir_fqdn_learned: caps.fqdnLearned,
     };
+    const fqdnMode = opts.fqdnLearning ?? 'auto';
+    let fqdn: { loaded: boolean; unavailable: string | null } = { loaded: false, unavailable: 'off' };
+    if (fqdnMode !== 'off') {
+      const probe = kernelHasBpfLoop();
+      const missing = Object.values(FQDN_VARIANTS).filter((f) => !existsSync(join(objectsDir, f)));
+      if (!probe.ok) {
+        fqdn = { loaded: false, unavailable: `this kernel does not offer bpf_loop to cgroup_skb programs (Linux 5.17+)${probe.error ? `: ${probe.error}` : ''}` };
+      } else if (missing.length > 0) {
+        fqdn = { loaded: false, unavailable: `${missing.join(', ')} missing from ${objectsDir}` };
+      } else {
+        fqdn = { loaded: true, unavailable: null };
+      }
+      if (!fqdn.loaded && fqdnMode === 'on') throw new Error(`DNS learning was required but cannot be loaded: ${fqdn.unavailable}`);
+      if (!fqdn.loaded) log.warn({ reason: fqdn.unavailable }, 'DNS learning not loaded: fqdn peers allow only the DNS queries they imply');
+    }
     const objects = new Map<string, BpfObject>();
     const maps = new Map<MapName, BpfMap>();
     const files = [...new Set(PROGRAMS.map((p) => p.object))];
+    const fileOf = new Map(files.map((f) => [f, fqdn.loaded ? (FQDN_VARIANTS[f] ?? f) : f]));
     for (const file of files) {
-      const path = join(objectsDir, file);
+      const path = join(objectsDir, fileOf.get(file) ?? file);
       if (!existsSync(path)) {
         throw new Error(`BPF object ${path} is missing: build it with \`node scripts/build.mjs bpf\` (or npm ci)`);
       }
@@ -271,17 +359,17 @@ export class Datapath {
     // A migration that did not finish: the canonical pins still hold the old maps.
     if (existsSync(stagingDir)) for (const f of readdirSync(stagingDir)) rmSync(join(stagingDir, f));
     const linksPinned = readdirSync(join(pinDir, 'links')).length > 0;
-    const { plan, fresh } = planMigrations(pinDir, files.map((f) => join(objectsDir, f)), maxEntries, linksPinned);
+    const { plan, fresh } = planMigrations(pinDir, files.map((f) => join(objectsDir, fileOf.get(f) ?? f)), maxEntries, linksPinned);
     if (plan.size > 0) mkdirSync(stagingDir, { recursive: true });
     const migrations: MapMigration[] = [];
     try {
       for (const file of files) {
-        const path = join(objectsDir, file);
+        const path = join(objectsDir, fileOf.get(file) ?? file);
         const pinMaps: Record<string, string> = {};
         for (const m of MAP_NAMES) pinMaps[m] = plan.has(m) ? join(stagingDir, m) : join(pinDir, 'maps', m);
         const started = Date.now();
         const obj = await BpfObject.load(path, { maxEntries, pinMaps, rodata });
-        log.debug({ object: file, ms: Date.now() - started }, 'BPF object loaded');
+        log.debug({ object: fileOf.get(file), ms: Date.now() - started }, 'BPF object loaded');
         objects.set(file, obj);
         for (const m of MAP_NAMES) {
           if (!maps.has(m)) {
@@ -304,7 +392,9 @@ export class Datapath {
         );
       }
       if (fresh) log.warn({ maps: [...plan.keys()] }, 'policy maps start over: the links move to the new programs only after the first policy is written');
-      return new Datapath(objects, maps, pinDir, caps, log, opts.graceMs ?? 2000, migrations, fresh, BigInt(opts.ctTimeoutSec ?? 300) * 1_000_000_000n);
+      const dp = new Datapath(objects, maps, pinDir, caps, log, opts.graceMs ?? 2000, migrations, fresh, BigInt(opts.ctTimeoutSec ?? 300) * 1_000_000_000n, fqdn, fileOf);
+      dp.dnsSecret();
+      return dp;
     } catch (err) {
       for (const o of objects.values()) o.close();
       if (existsSync(stagingDir)) for (const f of readdirSync(stagingDir)) rmSync(join(stagingDir, f));
@@ -321,6 +411,18 @@ export class Datapath {
     const m = this.maps.get(name);
     if (!m) throw new Error(`map ${name} is not loaded`);
     return m;
+  }
+
+  /** The object files loaded, by their PROGRAMS name (status: which variant runs). */
+  objectFiles(): Record<string, string> {
+    return Object.fromEntries([...this.objects.keys()].map((f) => [f, this.files.get(f) ?? f]));
+  }
+
+  /** The loaded program of a PROGRAMS entry (kernel tests, bench, status). */
+  programInfo(program: string): { id: number; object: string } {
+    const spec = PROGRAMS.find((p) => p.program === program);
+    if (!spec) throw new Error(`unknown program ${program}`);
+    return { id: this.program(spec).id, object: this.files.get(spec.object) ?? spec.object };
   }
 
   private program(spec: ProgramSpec): BpfProgram {
@@ -583,7 +685,9 @@ export class Datapath {
   }
 
   /** Entries currently in the hash maps (walks them: for status, not hot paths). */
-  hashMapEntries(name: 'weir_ct' | 'weir_agg' | 'weir_pods' | 'weir_pod_ips'): number {
+  hashMapEntries(
+    name: 'weir_ct' | 'weir_agg' | 'weir_pods' | 'weir_pod_ips' | 'weir_dns_resolvers' | 'weir_fqdn_keys' | 'weir_dns_queries' | 'weir_fqdn_learned',
+  ): number {
     return this.map(name).keys().length;
   }
 
@@ -597,11 +701,18 @@ export class Datapath {
     return out;
   }
 
-  /** Clears an endpoint's conntrack entries and counters before its id is reused. */
+  /**
+   * Clears an endpoint's conntrack entries, DNS state and counters before
+   * its id is reused: what one pod learned must never serve the next.
+   */
   private forgetEndpoint(endpointId: number): void {
     this.onEndpointRetired?.(endpointId, this.counters(endpointId));
     const ct = this.map('weir_ct');
     for (const k of ct.keys()) if (decodeCtKey(k).endpointId === endpointId) ct.delete(k);
+    const learned = this.map('weir_fqdn_learned');
+    for (const k of learned.keys()) if (decodeFqdnLearnedKey(k).endpointId === endpointId) learned.delete(k);
+    const queries = this.map('weir_dns_queries');
+    for (const k of queries.keys()) if (decodeDnsQueryKey(k).endpointId === endpointId) queries.delete(k);
     const counters = this.map('weir_counters');
     const zero = Buffer.alloc(SIZES.weir_counter * counters.possibleCpus);
     for (let kind = 0; kind < 2; kind++) {

@@ -109,6 +109,10 @@ export interface ProgInfo {
   typeName: string;
   /** The kernel's 8-byte program tag, hex. */
   tag: string;
+  /** Instructions the verifier processed to accept the program (kernel 5.16+; 0 before). */
+  verifiedInsns: number;
+  /** Instructions of the program after the verifier's rewrites. */
+  xlatedInsns: number;
 }
 
 export type PinnedObjectKind = 'map' | 'prog' | 'link' | 'unknown';
@@ -186,6 +190,7 @@ export interface BpfConstants {
   readonly BPF_MAP_TYPE_SK_STORAGE: number;
   readonly BPF_MAP_TYPE_RINGBUF: number;
   readonly BPF_LINK_TYPE_CGROUP: number;
+  readonly BPF_FUNC_loop: number;
 }
 
 // ---- raw native classes (wrapped by kernel-objects.ts) -------------------
@@ -281,6 +286,7 @@ export interface NativeAddon {
   cgroupId(path: string): bigint;
   progQuery(cgroupPath: string, attachType: number, queryFlags?: number): ProgQueryResult;
   progInfo(id: number): ProgInfo;
+  probeBpfHelper(progType: number, helperId: number): boolean;
   linkInfoById(id: number): LinkInfo;
   pinnedObjectType(path: string): PinnedObjectKind;
   constants: BpfConstants;

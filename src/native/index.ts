@@ -37,6 +37,7 @@ export {
   linkInfoById,
   numPossibleCpus,
   pinnedObjectType,
+  probeBpfHelper,
   progInfo,
   progQuery,
 } from './queries.js';

@@ -43,6 +43,15 @@ export function linkInfoById(id: number): LinkInfo {
   return loadAddon().linkInfoById(id);
 }
 
+/**
+ * Whether the kernel lets programs of a type (BPF_PROG_TYPE_*) call a helper
+ * (BPF_FUNC_*), e.g. bpf_loop for DNS learning. Loads a probe program:
+ * needs the privileges of a load.
+ */
+export function probeBpfHelper(progType: number, helperId: number): boolean {
+  return loadAddon().probeBpfHelper(progType, helperId);
+}
+
 /** Whether a bpffs pin holds a map, a program or a link. */
 export function pinnedObjectType(path: string): PinnedObjectKind {
   return loadAddon().pinnedObjectType(path);

@@ -55,7 +55,9 @@ export class KernelBed {
     readonly pinDir: string,
   ) {}
 
-  static async create(opts: { capacities?: Partial<Capacities>; eventIntervalMs?: number; graceMs?: number } = {}): Promise<KernelBed> {
+  static async create(
+    opts: { capacities?: Partial<Capacities>; eventIntervalMs?: number; graceMs?: number; fqdnLearning?: 'auto' | 'on' | 'off' } = {},
+  ): Promise<KernelBed> {
     ensureBpffs(BPFFS);
     const tag = `weir-kt-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
     const cgRoot = join(defaultCgroupRoot(), tag);
@@ -71,6 +73,7 @@ export class KernelBed {
       graceMs: opts.graceMs ?? 0,
     };
     if (opts.capacities) dpOpts.capacities = opts.capacities;
+    if (opts.fqdnLearning) dpOpts.fqdnLearning = opts.fqdnLearning;
     try {
       const dp = await Datapath.open(dpOpts);
       return new KernelBed(dp, cgRoot, podsRoot, pinDir);
