@@ -225,10 +225,12 @@ export interface MapMigration {
 }
 
 /**
- * The maps filled from the desired state (weir_fqdn_keys holds class ids
- * of weir_classes, so it migrates with them; the resolvers are policy too).
+ * The maps filled from the desired state that must stay consistent with
+ * each other (weir_fqdn_keys holds class ids of weir_classes, so it
+ * migrates with them). weir_dns_resolvers refers to nothing: it is carried
+ * over like a counter map.
  */
-const POLICY_MAPS: ReadonlySet<MapName> = new Set(['weir_pods', 'weir_pod_ips', 'weir_sets', 'weir_nodes', 'weir_classes', 'weir_fqdn_keys', 'weir_dns_resolvers']);
+const POLICY_MAPS: ReadonlySet<MapName> = new Set(['weir_pods', 'weir_pod_ips', 'weir_sets', 'weir_nodes', 'weir_classes', 'weir_fqdn_keys']);
 /** Map types whose entries can be read out and written back (not the ring buffer, not socket storage). */
 const COPYABLE_TYPES = new Set(['hash', 'array', 'percpu_hash', 'percpu_array', 'lru_hash', 'lru_percpu_hash']);
 
