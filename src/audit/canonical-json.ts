@@ -147,14 +147,13 @@ export class FixedShapeJson {
       members++;
     }
     // Every member canonicalJson would write is one of ours, and each of ours
-    // is one of its (nothing enumerable is inherited, so a value read above
-    // that is not own would have to be a non-enumerable one of Object.prototype:
-    // a function, refused above).
+    // is one of its. With nothing enumerable on the prototype, for-in sees own
+    // keys only (and without Object.hasOwn per key, V8 reads r[k] from its
+    // for-in cache); a value read above that is not own would have to be a
+    // non-enumerable one of Object.prototype: a function, refused above.
+    if (proto !== null && hasEnumerable(proto as object)) return null;
     let own = 0;
-    for (const k in r) {
-      if (!Object.hasOwn(r, k)) return null;
-      if (r[k] !== undefined) own++;
-    }
+    for (const k in r) if (r[k] !== undefined) own++;
     if (own !== members) return null;
     const json = JSON.stringify(sorted);
     // JSON.stringify writes a lone surrogate as \udXXX, where canonicalJson
@@ -168,6 +167,11 @@ export class FixedShapeJson {
     }
     return json;
   }
+}
+
+function hasEnumerable(o: object): boolean {
+  for (const _ in o) return true;
+  return false;
 }
 
 export function sha256Hex(text: string | Uint8Array): string {

@@ -125,6 +125,15 @@ describe('audit record format', () => {
     expect(shape.write(Object.create({ a: 'inherited' }) as object)).toBeNull();
     expect(shape.write({ a: [1] })).toBeNull();
     expect(shape.write(new (class { a = 1; })())).toBeNull();
+    // Something enumerable on Object.prototype: canonicalJson would not write it, for-in would see it.
+    const proto = Object.prototype as Record<string, unknown>;
+    proto.b = 2;
+    try {
+      expect(shape.write({ a: 'x' })).toBeNull();
+    } finally {
+      delete proto.b;
+    }
+    expect(shape.write({ a: 'x' })).toBe('{"a":"x"}');
   });
 
   it('canonicalJson still says where a value cannot be written', () => {
