@@ -26,7 +26,7 @@
 // guide; the verifier checks (the real objects loaded with the agent's
 // settings) are the authority.
 import { posix } from 'node:path';
-import { PROGRAMS } from '../datapath/datapath.js';
+import { FQDN_VARIANTS, PROGRAMS } from '../datapath/datapath.js';
 
 export type CheckStatus = 'pass' | 'warn' | 'fail';
 
@@ -119,6 +119,8 @@ export interface PreflightEnv {
   removeCgroup(dir: string): void;
   /** About how many bytes weir's maps lock at the default capacities; null if unknown. */
   memlockNeeded(): number | null;
+  /** Does the kernel offer bpf_loop to cgroup_skb programs (what DNS learning needs)? */
+  hasBpfLoop(): { ok: boolean; error?: string };
 }
 
 export interface PreflightOptions {
@@ -637,6 +639,54 @@ async function checkObjects(
   return { results, loaded };
 }
 
+/**
+ * DNS learning (FQDN peers) needs bpf_loop (Linux 5.17). Where the kernel
+ * has it, the agent loads the -fqdn objects instead of the plain ones, so
+ * they must pass the verifier too; where it has not, the agent runs the
+ * plain objects and fqdn peers allow only the DNS queries they imply.
+ */
+async function checkDnsLearning(env: PreflightEnv, opts: PreflightOptions, podLevel: number): Promise<CheckResult> {
+  const base = { id: 'dns-learning', title: 'DNS learning (FQDN peers)' };
+  const probe = env.hasBpfLoop();
+  if (!probe.ok) {
+    return {
+      ...base,
+      status: 'warn',
+      detail: `this kernel does not offer bpf_loop to cgroup_skb programs${probe.error ? ` (${probe.error})` : ''}: the agent loads the plain objects, and fqdn peers allow only the DNS queries they imply`,
+      fix: 'for policies with fqdn peers, run Linux 5.17 or later; ipBlock, pod and Service peers work on 5.8',
+    };
+  }
+  const loadedNow: LoadedObject[] = [];
+  try {
+    for (const [plain, file] of Object.entries(FQDN_VARIANTS)) {
+      const path = posix.join(opts.objectsDir, file);
+      let obj: LoadedObject;
+      try {
+        obj = await env.loadObject(path, podLevel);
+      } catch (err) {
+        const { message, log } = errorParts(err);
+        const missing = /is missing|no such file/i.test(message);
+        const r: CheckResult = {
+          ...base,
+          status: missing ? 'warn' : 'fail',
+          detail: missing
+            ? `${file} is missing: the agent will load ${plain} without DNS learning`
+            : `${file} is rejected, so the agent will not start on this kernel: ${message}${log ? `\n${logExcerpt(log)}` : ''}`,
+          fix: missing
+            ? 'build the objects: node scripts/build.mjs bpf'
+            : 'the verifier log says why; the agent does not start on this kernel until it loads (report it with the log)',
+        };
+        if (log !== undefined) r.log = log;
+        return r;
+      }
+      loadedNow.push(obj);
+    }
+  } finally {
+    for (const o of loadedNow) o.close();
+  }
+  return { ...base, status: 'pass', detail: `bpf_loop available; ${Object.values(FQDN_VARIANTS).join(' and ')} load: DNS answers are learned in the kernel` };
+}
+
 function checkAttach(env: PreflightEnv, facts: CgroupFacts | null, loaded: LoadedObject[], expected: number): CheckResult {
   const base = { id: 'attach', title: 'Cgroup attach' };
   if (!facts) return { ...base, status: 'warn', detail: 'skipped: no cgroup v2 tree (see cgroup v2)' };
@@ -706,6 +756,7 @@ export async function runChecks(env: PreflightEnv, opts: PreflightOptions): Prom
   } finally {
     for (const o of loaded) o.close();
   }
+  results.push(await checkDnsLearning(env, opts, pods.podLevel ?? 1));
   return results;
 }
 

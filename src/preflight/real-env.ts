@@ -7,7 +7,7 @@ import { release } from 'node:os';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { CONST, encodeConfig } from '../datapath/abi.js';
-import { DEFAULT_CAPACITIES } from '../datapath/datapath.js';
+import { DEFAULT_CAPACITIES, kernelHasBpfLoop } from '../datapath/datapath.js';
 import { BpfObject, numPossibleCpus, progQuery, type LoadOptions } from '../native/index.js';
 import { parseCapEff, type AttachProbe, type LoadedObject, type PreflightEnv } from './checks.js';
 
@@ -168,5 +168,6 @@ export function realEnv(opts: RealEnvOptions): PreflightEnv {
       rmdirSync(dir);
     },
     memlockNeeded: () => estimateMapBytes(opts.objectPaths),
+    hasBpfLoop: () => kernelHasBpfLoop(),
   };
 }

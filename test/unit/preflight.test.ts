@@ -97,7 +97,7 @@ function fake(over: Partial<PreflightEnv> & { kernel?: string } = {}): Fake {
     uid: 0,
     async loadObject(path, podLevel) {
       f.loads.push({ path, podLevel });
-      const file = path.split('/').pop() ?? '';
+      const file = (path.split('/').pop() ?? '').replace('-fqdn.bpf.o', '.bpf.o');
       return loaded(path, agentObjects().find((o) => o.file === file)?.programs ?? [], f.closed);
     },
     makeTempCgroup(root) {
@@ -107,6 +107,7 @@ function fake(over: Partial<PreflightEnv> & { kernel?: string } = {}): Fake {
     },
     removeCgroup: (dir) => void f.removed.push(dir),
     memlockNeeded: () => 40 << 20,
+    hasBpfLoop: () => ({ ok: true }),
     ...envOver,
   };
   return f;
@@ -127,18 +128,50 @@ describe('weir preflight checks', () => {
     expect(results.filter((r) => r.status !== 'pass')).toEqual([]);
     expect(results.map((r) => r.id)).toEqual([
       'kernel', 'privileges', 'memlock', 'kernel-config', 'jit', 'cgroup2', 'pods-cgroup', 'bpffs',
-      'verifier-egress', 'verifier-ingress', 'verifier-sock_addr', 'attach',
+      'verifier-egress', 'verifier-ingress', 'verifier-sock_addr', 'attach', 'dns-learning',
     ]);
     expect(f.loads).toEqual([
       { path: '/opt/weir/build/bpf/egress.bpf.o', podLevel: 1 },
       { path: '/opt/weir/build/bpf/ingress.bpf.o', podLevel: 1 },
       { path: '/opt/weir/build/bpf/sock_addr.bpf.o', podLevel: 1 },
+      { path: '/opt/weir/build/bpf/egress-fqdn.bpf.o', podLevel: 1 },
+      { path: '/opt/weir/build/bpf/ingress-fqdn.bpf.o', podLevel: 1 },
     ]);
     expect(check(results, 'pods-cgroup').detail).toContain('/sys/fs/cgroup/kubepods.slice (systemd cgroup driver, level 1)');
     expect(f.tempCgroups).toEqual(['/sys/fs/cgroup/weir-preflight-test']);
     expect(f.removed).toEqual(f.tempCgroups);
-    expect(f.closed).toHaveLength(3);
-    expect(summarize(results)).toEqual({ pass: 12, warn: 0, fail: 0 });
+    expect(f.closed).toHaveLength(5);
+    expect(summarize(results)).toEqual({ pass: 13, warn: 0, fail: 0 });
+  });
+
+  it('DNS learning: warns on a kernel without bpf_loop (plain objects, fqdn peers allow only DNS), fails when the -fqdn objects are rejected, warns when they are missing', async () => {
+    const old = fake({ hasBpfLoop: () => ({ ok: false }) });
+    const r1 = check(await runChecks(old.env, OPTS), 'dns-learning');
+    expect(r1).toMatchObject({ status: 'warn' });
+    expect(r1.detail).toMatch(/does not offer bpf_loop .*fqdn peers allow only the DNS queries they imply/);
+    expect(r1.fix).toMatch(/Linux 5\.17/);
+    expect(old.loads.map((l) => l.path.split('/').pop())).toEqual(['egress.bpf.o', 'ingress.bpf.o', 'sock_addr.bpf.o']);
+
+    const rejected = fake();
+    const load = rejected.env.loadObject.bind(rejected.env);
+    rejected.env.loadObject = async (path, level) => {
+      if (path.endsWith('egress-fqdn.bpf.o')) throw Object.assign(new Error('bpf_object__load failed: EACCES'), { verifierLog: '-- BEGIN PROG LOAD LOG --\nR1 invalid mem access\n-- END PROG LOAD LOG --' });
+      return load(path, level);
+    };
+    const r2 = check(await runChecks(rejected.env, OPTS), 'dns-learning');
+    expect(r2).toMatchObject({ status: 'fail' });
+    expect(r2.detail).toContain('egress-fqdn.bpf.o is rejected');
+    expect(r2.log).toContain('R1 invalid mem access');
+
+    const missing = fake();
+    const load2 = missing.env.loadObject.bind(missing.env);
+    missing.env.loadObject = async (path, level) => {
+      if (path.endsWith('-fqdn.bpf.o')) throw new Error(`BPF object ${path} is missing`);
+      return load2(path, level);
+    };
+    const r3 = check(await runChecks(missing.env, OPTS), 'dns-learning');
+    expect(r3).toMatchObject({ status: 'warn' });
+    expect(r3.detail).toContain('without DNS learning');
   });
 
   it('fails a 5.4 kernel, naming the minimum 5.8 and why', async () => {
@@ -308,7 +341,7 @@ describe('weir preflight checks', () => {
     expect(r.log).toBe(log);
     expect(check(results, 'verifier-egress').status).toBe('pass');
     expect(check(results, 'attach').status).toBe('warn');
-    expect(f.closed).toHaveLength(2);
+    expect(f.closed).toHaveLength(4); // egress and ingress, and the two -fqdn objects of the DNS learning check
     expect(formatTable(results)).toContain('unknown func bpf_get_current_ancestor_cgroup_id#123');
   });
 
@@ -366,7 +399,7 @@ describe('weir preflight checks', () => {
       });
     expect(check(await runChecks(g.env, OPTS), 'attach').status).toBe('fail');
     expect(g.removed).toEqual(g.tempCgroups);
-    expect(g.closed).toHaveLength(3);
+    expect(g.closed).toHaveLength(5);
   });
 
   it('skips the attach probe with a warning when the cgroup tree is read-only (e.g. in a pod)', async () => {
@@ -378,7 +411,7 @@ describe('weir preflight checks', () => {
     const results = await runChecks(f.env, OPTS);
     expect(check(results, 'attach')).toMatchObject({ status: 'warn', detail: expect.stringContaining('skipped: cannot create a temporary cgroup under /sys/fs/cgroup (EROFS') });
     expect(summarize(results).fail).toBe(0);
-    expect(f.closed).toHaveLength(3);
+    expect(f.closed).toHaveLength(5);
   });
 
   it('passes a mounted bpffs, warns when the agent can mount one, fails when it cannot', async () => {
@@ -408,10 +441,10 @@ describe('weir preflight checks', () => {
     expect(table).toMatch(/^! BPF JIT +disabled/m);
     expect(table).toMatch(/^✔ cgroup v2 +cgroup2 at \/sys\/fs\/cgroup$/m);
     expect(table).toMatch(/^ +fix: upgrade the node's kernel/m);
-    expect(formatSummary(results)).toBe("10 passed, 1 warning, 1 failed: this node does not meet weir's requirements; fix the ✘ checks above\n");
+    expect(formatSummary(results)).toBe("11 passed, 1 warning, 1 failed: this node does not meet weir's requirements; fix the ✘ checks above\n");
     const json = JSON.parse(toJson(results)) as { ok: boolean; minimumKernel: string; checks: CheckResult[] };
     expect(json).toMatchObject({ ok: false, minimumKernel: '5.8' });
-    expect(json.checks).toHaveLength(12);
+    expect(json.checks).toHaveLength(13);
   });
 
   it('weir preflight --help follows the house style, with an example', async () => {
