@@ -129,3 +129,20 @@ export function checkHostAddresses(name: string, kind: HostKind, ipv4: string, i
     throw new RangeError(`host ${name}: ${ipv4}/${ipv6} overlaps the pod range`);
   }
 }
+
+/**
+ * Checks that a whole prefix routed to a host (Sandbox.routeToHost) stays
+ * inside one range of the host's kind and clear of the pod range.
+ */
+export function checkHostPrefix(name: string, kind: HostKind, cidr: string): void {
+  const [base = '', lenText = ''] = cidr.split('/');
+  const len = Number(lenText);
+  const fam = isIPv4(base) ? 4 : isIPv6(base) ? 6 : 0;
+  if (fam === 0 || !/^\d+$/.test(lenText) || len > (fam === 4 ? 32 : 128)) throw new TypeError(`host ${name}: ${cidr} is not a prefix`);
+  const ranges = fam === 4 ? (kind === 'service' ? SERVICE_RANGES_V4 : INTERNET_RANGES_V4) : kind === 'service' ? SERVICE_RANGES_V6 : INTERNET_RANGES_V6;
+  const inside = ranges.some((r) => len >= Number(r.split('/')[1]) && cidrContains(r, base));
+  if (!inside) throw new RangeError(`host ${name} (${kind}): ${cidr} is outside ${ranges.join(', ')}`);
+  const pods = fam === 4 ? POD_CIDR_V4 : POD_CIDR_V6;
+  const podBase = pods.split('/')[0] ?? '';
+  if (cidrContains(pods, base) || cidrContains(cidr, podBase)) throw new RangeError(`host ${name}: ${cidr} overlaps the pod range`);
+}

@@ -4,9 +4,14 @@
 // nothing: a name outside the records is NXDOMAIN in a served zone and
 // REFUSED elsewhere, so nothing ever leaves the sandbox. It stands in for
 // the cluster DNS Service's backend in the FQDN tests
-// (docs/architecture.md, "DNS-aware egress").
+// (docs/architecture.md, "DNS-aware egress"). exposeDnsService() puts a
+// ClusterIP in front of it the way kube-proxy does (DNAT in the node netns,
+// replies un-NATed by conntrack, so a pod sees only the ClusterIP), and
+// kubeDnsManifests() describes that Service and its EndpointSlices for the
+// agent (kube-system/kube-dns, the agent's default DNS Service).
 import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { isIPv6 } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Sandbox, SandboxHost } from './sandbox.js';
@@ -113,4 +118,75 @@ export async function startDnsServer(sb: Sandbox, opts: DnsServerOptions): Promi
     await new Promise((r) => setTimeout(r, 50));
   }
   return { host, process: child, log: () => stderr, stop };
+}
+
+export interface DnsClusterIPs {
+  ipv4: string;
+  ipv6?: string;
+}
+
+/**
+ * kube-proxy's part for the DNS Service: DNAT from the ClusterIP(s), UDP and
+ * TCP port 53, to the server's addresses, in the node netns (nftables).
+ * Goes away with the node netns.
+ */
+export async function exposeDnsService(sb: Sandbox, server: SandboxDnsServer, clusterIPs: DnsClusterIPs): Promise<void> {
+  const rules = (family: 'ip' | 'ip6', from: string, to: string): string => {
+    const dst = family === 'ip6' ? `[${to}]` : to;
+    return [
+      `table ${family} weir_sandbox_svc {`,
+      '  chain prerouting {',
+      '    type nat hook prerouting priority dstnat; policy accept;',
+      `    ${family} daddr ${from} udp dport 53 dnat to ${dst}:53`,
+      `    ${family} daddr ${from} tcp dport 53 dnat to ${dst}:53`,
+      '  }',
+      '}',
+    ].join('\n');
+  };
+  const text = [rules('ip', clusterIPs.ipv4, server.host.ip), ...(clusterIPs.ipv6 ? [rules('ip6', clusterIPs.ipv6, server.host.ip6)] : [])].join('\n');
+  const dir = mkdtempSync(join(tmpdir(), 'weir-dns-svc-'));
+  try {
+    const file = join(dir, 'rules.nft');
+    writeFileSync(file, `${text}\n`);
+    await sb.runInNetns(sb.nodeNetns, ['nft', '-f', file]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * The cluster DNS Service (kube-system/kube-dns, ClusterIPs as given, port
+ * 53 UDP and TCP) and one EndpointSlice per family naming the server as its
+ * ready backend: what the agent reads to trust the resolver.
+ */
+export function kubeDnsManifests(server: SandboxDnsServer, clusterIPs: DnsClusterIPs): object[] {
+  const ips = [clusterIPs.ipv4, ...(clusterIPs.ipv6 ? [clusterIPs.ipv6] : [])];
+  const ports = [
+    { name: 'dns', protocol: 'UDP', port: 53 },
+    { name: 'dns-tcp', protocol: 'TCP', port: 53 },
+  ];
+  const slice = (family: 'IPv4' | 'IPv6', address: string): object => ({
+    apiVersion: 'discovery.k8s.io/v1',
+    kind: 'EndpointSlice',
+    metadata: { name: `kube-dns-${family.toLowerCase()}`, namespace: 'kube-system', labels: { 'kubernetes.io/service-name': 'kube-dns' } },
+    addressType: family,
+    endpoints: [{ addresses: [address], conditions: { ready: true } }],
+    ports,
+  });
+  return [
+    { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'kube-system', labels: { 'kubernetes.io/metadata.name': 'kube-system' } } },
+    {
+      apiVersion: 'v1',
+      kind: 'Service',
+      metadata: { name: 'kube-dns', namespace: 'kube-system', labels: { 'k8s-app': 'kube-dns' } },
+      spec: {
+        clusterIP: clusterIPs.ipv4,
+        clusterIPs: ips,
+        ipFamilies: ips.map((ip) => (isIPv6(ip) ? 'IPv6' : 'IPv4')),
+        ports: ports.map((p) => ({ ...p, targetPort: 53 })),
+      },
+    },
+    slice('IPv4', server.host.ip),
+    ...(clusterIPs.ipv6 ? [slice('IPv6', server.host.ip6)] : []),
+  ];
 }

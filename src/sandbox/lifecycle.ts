@@ -7,10 +7,12 @@
 //   cgroups   <cgroup2 mount>/<prefix>sb-<id>, <cgroup2 mount>/<prefix>sb-<id>-hosts
 //   state     /run/weir-sandbox/<id>.json: owner pid + start time (so a
 //             recycled pid is not mistaken for the owner), manifests written
+//   etc       /etc/netns/<prefix><id>-*/ (a pod's resolv.conf, which
+//             `ip netns exec` bind-mounts over /etc/resolv.conf)
 // The state file is written before anything else is created and removed
 // last, so a crash at any point leaves a trace that finds the rest.
 
-import { existsSync, mkdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { killCgroupTree, removeCgroupTree } from './cgroup.js';
 import { deleteNetnsSync, killPid, listNetns, netnsPids, processStartTime } from './system.js';
@@ -27,6 +29,8 @@ export const silentLogger: SandboxLogger = { debug() {}, info() {}, warn() {} };
 export const NAME_PREFIX = 'weir-';
 export const STATE_DIR = '/run/weir-sandbox';
 export const NODE_NETNS_SUFFIX = 'node';
+/** Per-netns files `ip netns exec NAME` bind-mounts over /etc (iproute2's NETNS_ETC_DIR). */
+export const NETNS_ETC_DIR = '/etc/netns';
 
 export interface SandboxState {
   id: string;
@@ -112,7 +116,7 @@ export function teardown(id: string, prefix: string, cgroupMount: string, log: S
   const names = cgroupNames(prefix, id);
   const cgroups = [join(cgroupMount, names.root), join(cgroupMount, names.hosts)].filter((d) => existsSync(d));
   const state = readState(id);
-  const found = netns.length > 0 || cgroups.length > 0 || state !== undefined;
+  const found = netns.length > 0 || cgroups.length > 0 || state !== undefined || safeList(NETNS_ETC_DIR).some((n) => n.startsWith(nsPrefix));
 
   for (const d of cgroups) {
     attempt(`kill ${d}`, () => {
@@ -125,6 +129,15 @@ export function teardown(id: string, prefix: string, cgroupMount: string, log: S
     attempt(`delete netns ${n}`, () => deleteNetnsSync(n));
   }
   for (const d of cgroups) attempt(`rmdir ${d}`, () => removeCgroupTree(d));
+  const etc = safeList(NETNS_ETC_DIR).filter((n) => n.startsWith(nsPrefix));
+  for (const n of etc) attempt(`remove ${join(NETNS_ETC_DIR, n)}`, () => rmSync(join(NETNS_ETC_DIR, n), { recursive: true, force: true }));
+  if (etc.length > 0) {
+    try {
+      rmdirSync(NETNS_ETC_DIR);
+    } catch {
+      // not empty: other netns have files there
+    }
+  }
   for (const f of new Set([...(state?.manifestFiles ?? []), ...extraFiles])) attempt(`remove ${f}`, () => rmSync(f, { force: true }));
   attempt('remove state', () => {
     rmSync(statePath(id), { force: true });
@@ -137,4 +150,12 @@ export function teardown(id: string, prefix: string, cgroupMount: string, log: S
   if (found) log.info({ sandbox: id, netns: netns.length, cgroups: cgroups.length }, 'sandbox torn down');
   if (errors.length > 0) throw new AggregateError(errors, `sandbox ${id}: teardown incomplete`);
   return found;
+}
+
+function safeList(dir: string): string[] {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return [];
+  }
 }

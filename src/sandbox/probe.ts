@@ -10,6 +10,11 @@
 //   probe tcp-stream HOST PORT [--interval MS] [--count N] [--echo-timeout MS] [--timeout MS]
 //   probe ping HOST [--timeout MS] [--count N] [--family 4|6] [--system]
 //   probe prober [--timeout MS] [--concurrency N]
+//   probe resolve-connect NAME [PORT] [--via libc|udp] [--server IP] [--qtype A|AAAA] [--family 4|6]
+//                               [--pick first|all|none] [--echo] [--no-edns] [--timeout MS]
+//   probe resolver
+//   probe dns-latency SERVER --name NAME... [--count N] [--warmup N] [--qtype A|AAAA]
+//   probe dns-inject --from IP --to IP --dport PORT --name NAME --answer ADDR... [--sport PORT] [--id N] [--ttl S]
 //
 // One-shot modes print one JSON line and exit 0 when ok, 1 when not:
 //   {"mode":"tcp-connect","target":"10.20.0.10:80","ok":false,"code":"EPERM","ms":0.4}
@@ -37,20 +42,71 @@
 // It prints {"event":"ready"} first, answers a malformed request with
 // {"event":"result","id":...,"ok":false,"code":"EINVAL",...}, and exits 0
 // once stdin is closed and every probe has answered.
+//
+// DNS (the FQDN tests and the dns bench). resolve-connect resolves NAME the
+// way a pod's program does and then connects, in one go, the way
+// getaddrinfo()+connect() follow each other in real clients: --via libc
+// (default) calls getaddrinfo() through node:dns lookup(), which reads the
+// pod's /etc/resolv.conf (Sandbox.setResolvConf) and, with glibc, sends the
+// A and AAAA queries from one socket; --via udp sends one query itself
+// (--qtype, to --server, with an EDNS0 OPT record unless --no-edns, from a
+// fresh connected socket as glibc does) and reads the answer, so the result
+// also carries the answer records with their TTLs and the RCODE. Then TCP
+// connect to PORT at the first address of the answer (--pick first, the
+// default), at every address (all) or none. Result:
+//   {"mode":"resolve-connect","target":"api.models.example.com:443","ok":true,"code":null,
+//    "stage":null,"addresses":["203.0.113.200"],"answers":[...],"rcode":0,"dnsMs":0.4,"connectMs":0.3,
+//    "connects":[{"address":"203.0.113.200","ok":true,"code":null,"ms":0.3}]}
+// stage says what failed ("resolve" or "connect"); code is the first error.
+// resolver is the same as a long-running process: one JSON request per line
+// on stdin ({"id":"1","op":"resolve-connect","name":...,"port":443,"via":"libc",...}
+// with the flags above as fields, or {"id":"2","op":"netstat"}: the
+// namespace's TCP counters from /proc/net/snmp and /proc/net/netstat), one
+// answer per request, in order, handled one at a time.
+// dns-latency times query->answer round trips (a Python helper with blocking
+// sockets: less jitter than an event loop), each from a fresh connected UDP
+// socket, round-robin over the names, and prints every sample in
+// microseconds after the warm-up ones.
+// dns-inject sends one forged DNS answer (A/AAAA records for NAME, id --id)
+// from --from:--sport, an address that need not be local (IP_TRANSPARENT),
+// to --to:--dport: an answer no resolver of the pod sent.
 // Usage errors exit 2.
 
 import { spawn } from 'node:child_process';
 import { createSocket, type RemoteInfo } from 'node:dgram';
 import { lookup } from 'node:dns/promises';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { createConnection, createServer, isIP, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 
 type Json = string | number | boolean | null | Json[] | { [key: string]: Json | undefined };
 type Fields = { [key: string]: Json | undefined };
 
-const VALUE_FLAGS = new Set(['timeout', 'payload', 'family', 'tcp', 'udp', 'interval', 'count', 'echo-timeout', 'concurrency']);
-const BOOL_FLAGS = new Set(['echo', 'connect', 'system']);
+const VALUE_FLAGS = new Set([
+  'timeout',
+  'payload',
+  'family',
+  'tcp',
+  'udp',
+  'interval',
+  'count',
+  'echo-timeout',
+  'concurrency',
+  'via',
+  'server',
+  'qtype',
+  'name',
+  'warmup',
+  'from',
+  'to',
+  'sport',
+  'dport',
+  'id',
+  'ttl',
+  'answer',
+  'pick',
+]);
+const BOOL_FLAGS = new Set(['echo', 'connect', 'system', 'no-edns']);
 
 interface Args {
   mode: string;
@@ -649,6 +705,525 @@ async function prober(args: Args): Promise<void> {
   emit({ event: 'ready', pid: process.pid, concurrency, timeout: dfltTimeoutMs });
 }
 
+// ---- DNS: a stub resolver's view (resolve-connect, resolver, dns-latency, dns-inject) ----
+
+const QTYPES: Record<string, number> = { A: 1, AAAA: 28 };
+const RR_NAMES: Record<number, string> = { 1: 'A', 5: 'CNAME', 28: 'AAAA', 41: 'OPT' };
+/** EDNS0 OPT record: root owner, type 41, class = UDP payload size 1232 (the DNS flag day value), TTL 0, no options. */
+const EDNS_OPT = Buffer.from([0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+
+function encodeDnsName(name: string): Buffer {
+  const n = name.endsWith('.') ? name.slice(0, -1) : name;
+  const parts: Buffer[] = [];
+  for (const label of n.split('.')) {
+    const b = Buffer.from(label, 'latin1');
+    if (b.length < 1 || b.length > 63) throw new UsageError(`not a DNS name: ${JSON.stringify(name)}`);
+    parts.push(Buffer.from([b.length]), b);
+  }
+  parts.push(Buffer.from([0]));
+  return Buffer.concat(parts);
+}
+
+function dnsQuery(id: number, name: string, qtype: number, edns: boolean): Buffer {
+  const h = Buffer.alloc(12);
+  h.writeUInt16BE(id, 0);
+  h.writeUInt16BE(0x0100, 2); // RD, as stub resolvers send
+  h.writeUInt16BE(1, 4);
+  h.writeUInt16BE(edns ? 1 : 0, 10);
+  const q = Buffer.alloc(4);
+  q.writeUInt16BE(qtype, 0);
+  q.writeUInt16BE(1, 2);
+  return Buffer.concat([h, encodeDnsName(name), q, edns ? EDNS_OPT : Buffer.alloc(0)]);
+}
+
+/** An answer to one question whose records all have the question's name as owner (a pointer to it). */
+function dnsAnswer(id: number, name: string, addresses: readonly string[], ttl: number): Buffer {
+  const h = Buffer.alloc(12);
+  h.writeUInt16BE(id, 0);
+  h.writeUInt16BE(0x8180, 2); // QR, RD, RA, NOERROR
+  h.writeUInt16BE(1, 4);
+  h.writeUInt16BE(addresses.length, 6);
+  const qtype = addresses.some((a) => isIP(a) === 6) ? 28 : 1;
+  const q = Buffer.alloc(4);
+  q.writeUInt16BE(qtype, 0);
+  q.writeUInt16BE(1, 2);
+  const rrs = addresses.map((a) => {
+    const v6 = isIP(a) === 6;
+    const data = v6 ? ipv6Bytes(a) : Buffer.from(a.split('.').map(Number));
+    const rr = Buffer.alloc(12);
+    rr.writeUInt16BE(0xc00c, 0);
+    rr.writeUInt16BE(v6 ? 28 : 1, 2);
+    rr.writeUInt16BE(1, 4);
+    rr.writeUInt32BE(ttl >>> 0, 6);
+    rr.writeUInt16BE(data.length, 10);
+    return Buffer.concat([rr, data]);
+  });
+  return Buffer.concat([h, encodeDnsName(name), q, ...rrs]);
+}
+
+function ipv6Bytes(a: string): Buffer {
+  const [head = '', tail] = a.split('::');
+  const h = head === '' ? [] : head.split(':');
+  const t = tail === undefined || tail === '' ? [] : tail.split(':');
+  const groups = tail === undefined ? h : [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t];
+  const b = Buffer.alloc(16);
+  groups.forEach((g, i) => b.writeUInt16BE(parseInt(g, 16), i * 2));
+  return b;
+}
+
+function ipv6Text(b: Buffer): string {
+  const groups: string[] = [];
+  for (let i = 0; i < 16; i += 2) groups.push(b.readUInt16BE(i).toString(16));
+  // The canonical form through the URL parser (node: built-ins only).
+  return new URL(`http://[${groups.join(':')}]/`).hostname.slice(1, -1);
+}
+
+interface DnsRecordOut {
+  name: string;
+  type: string;
+  ttl: number;
+  data: string;
+}
+
+interface DnsReply {
+  id: number;
+  rcode: number;
+  truncated: boolean;
+  answers: DnsRecordOut[];
+}
+
+/** A name at off (compression pointers followed, each strictly backwards). */
+function readDnsName(buf: Buffer, off: number): { name: string; end: number } {
+  const labels: string[] = [];
+  let p = off;
+  let end = -1;
+  for (let hops = 0; hops < 64; ) {
+    const l = buf[p];
+    if (l === undefined) throw new Error('name runs past the message');
+    if (l === 0) return { name: labels.join('.'), end: end < 0 ? p + 1 : end };
+    if ((l & 0xc0) === 0xc0) {
+      const tgt = ((l & 0x3f) << 8) | (buf[p + 1] ?? 0);
+      if (tgt >= p) throw new Error('compression pointer does not point backwards');
+      if (end < 0) end = p + 2;
+      p = tgt;
+      hops++;
+      continue;
+    }
+    if (p + 1 + l > buf.length) throw new Error('label runs past the message');
+    labels.push(buf.subarray(p + 1, p + 1 + l).toString('latin1'));
+    p += 1 + l;
+  }
+  throw new Error('too many compression pointers');
+}
+
+function parseDnsReply(buf: Buffer): DnsReply {
+  if (buf.length < 12) throw new Error('short message');
+  const flags = buf.readUInt16BE(2);
+  const qd = buf.readUInt16BE(4);
+  const an = buf.readUInt16BE(6);
+  let p = 12;
+  for (let i = 0; i < qd; i++) p = readDnsName(buf, p).end + 4;
+  const answers: DnsRecordOut[] = [];
+  for (let i = 0; i < an; i++) {
+    const owner = readDnsName(buf, p);
+    p = owner.end;
+    if (p + 10 > buf.length) throw new Error('record runs past the message');
+    const type = buf.readUInt16BE(p);
+    const ttl = buf.readUInt32BE(p + 4);
+    const len = buf.readUInt16BE(p + 8);
+    const rd = buf.subarray(p + 10, p + 10 + len);
+    if (rd.length !== len) throw new Error('rdata runs past the message');
+    let data: string;
+    if (type === 1 && len === 4) data = [...rd].join('.');
+    else if (type === 28 && len === 16) data = ipv6Text(rd);
+    else if (type === 5) data = readDnsName(buf, p + 10).name;
+    else data = rd.toString('hex');
+    answers.push({ name: owner.name, type: RR_NAMES[type] ?? String(type), ttl, data });
+    p += 10 + len;
+  }
+  return { id: buf.readUInt16BE(0), rcode: flags & 0xf, truncated: (flags & 0x0200) !== 0, answers };
+}
+
+/** The addresses a stub resolver takes from a reply: A/AAAA records of the question's CNAME chain. */
+function chainAddresses(name: string, answers: readonly DnsRecordOut[]): string[] {
+  const chain = new Set([name.replace(/\.$/, '').toLowerCase()]);
+  const out: string[] = [];
+  for (const r of answers) {
+    if (!chain.has(r.name.toLowerCase())) continue;
+    if (r.type === 'CNAME') chain.add(r.data.toLowerCase());
+    else if (r.type === 'A' || r.type === 'AAAA') out.push(r.data);
+  }
+  return out;
+}
+
+interface LookupOutcome {
+  ok: boolean;
+  code: string | null;
+  ms: number;
+  addresses: string[];
+  reply?: DnsReply;
+}
+
+const RCODES: Record<number, string> = { 1: 'EFORMERR', 2: 'ESERVFAIL', 3: 'ENOTFOUND', 4: 'ENOTIMP', 5: 'EREFUSED' };
+
+/** One query from a fresh socket connect()ed to the server (glibc's way), and its answer. */
+function udpLookup(server: string, name: string, qtype: number, edns: boolean, timeoutMs: number): Promise<LookupOutcome> {
+  return new Promise((resolve) => {
+    const t0 = performance.now();
+    const id = Math.floor(Math.random() * 0x10000);
+    const sock = createSocket(isIP(server) === 6 ? 'udp6' : 'udp4');
+    let settled = false;
+    const end = (o: Omit<LookupOutcome, 'ms'>): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      try {
+        sock.close();
+      } catch {
+        // closed after an error
+      }
+      resolve({ ...o, ms: elapsed(t0) });
+    };
+    const timer = setTimeout(() => end({ ok: false, code: 'ETIMEDOUT', addresses: [] }), timeoutMs);
+    sock.on('error', (e) => end({ ok: false, code: errCode(e), addresses: [] }));
+    sock.on('message', (msg: Buffer) => {
+      if (msg.length < 2 || msg.readUInt16BE(0) !== id) return; // not ours: a stub resolver drops it
+      let reply: DnsReply;
+      try {
+        reply = parseDnsReply(msg);
+      } catch (e) {
+        end({ ok: false, code: 'EBADRESP', addresses: [] });
+        return;
+      }
+      const addresses = chainAddresses(name, reply.answers);
+      if (reply.rcode !== 0) end({ ok: false, code: RCODES[reply.rcode] ?? 'EBADRESP', addresses, reply });
+      else if (reply.truncated) end({ ok: false, code: 'ETRUNCATED', addresses, reply });
+      else if (addresses.length === 0) end({ ok: false, code: 'ENODATA', addresses, reply });
+      else end({ ok: true, code: null, addresses, reply });
+    });
+    sock.connect(53, server, (e?: Error) => {
+      if (e) end({ ok: false, code: errCode(e), addresses: [] });
+      else sock.send(dnsQuery(id, name, qtype, edns), (err) => err && end({ ok: false, code: errCode(err), addresses: [] }));
+    });
+  });
+}
+
+/** getaddrinfo() through node:dns (the pod's /etc/resolv.conf, libc's resolver). */
+async function libcLookup(name: string, fam: 4 | 6 | undefined): Promise<LookupOutcome> {
+  const t0 = performance.now();
+  try {
+    const all = await lookup(name, { all: true, family: fam ?? 0, order: 'verbatim' });
+    return { ok: true, code: null, ms: elapsed(t0), addresses: all.map((a) => a.address) };
+  } catch (e) {
+    return { ok: false, code: errCode(e), ms: elapsed(t0), addresses: [] };
+  }
+}
+
+/** TCP connect (and, with echo, one line echoed back). */
+function tcpOpen(host: string, port: number, timeoutMs: number, echo: boolean): Promise<ProbeOutcome> {
+  if (echo) return tcpProbe(host, port, timeoutMs, `weir-probe-${process.pid}`, undefined);
+  return new Promise((resolve) => {
+    const t0 = performance.now();
+    const sock: Socket = createConnection({ host, port });
+    let settled = false;
+    const end = (ok: boolean, code: string | null): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      sock.destroy();
+      resolve({ ok, code, ms: elapsed(t0), connected: ok });
+    };
+    const timer = setTimeout(() => end(false, 'ETIMEDOUT'), timeoutMs);
+    sock.once('error', (e) => end(false, errCode(e)));
+    sock.once('connect', () => end(true, null));
+  });
+}
+
+interface ResolveRequest {
+  name: string;
+  port: number | undefined;
+  via: 'libc' | 'udp';
+  server: string | undefined;
+  qtype: number;
+  family: 4 | 6 | undefined;
+  pick: 'first' | 'all' | 'none';
+  echo: boolean;
+  edns: boolean;
+  timeoutMs: number;
+}
+
+async function resolveConnectOnce(req: ResolveRequest): Promise<ProbeOutcome> {
+  const t0 = performance.now();
+  let look: LookupOutcome;
+  if (req.via === 'udp') {
+    if (req.server === undefined) throw new UsageError('resolve-connect --via udp needs --server');
+    look = await udpLookup(req.server, req.name, req.qtype, req.edns, req.timeoutMs);
+  } else {
+    look = await libcLookup(req.name, req.family);
+  }
+  const dns: Fields = {
+    addresses: look.addresses,
+    dnsMs: look.ms,
+    ...(look.reply ? { rcode: look.reply.rcode, truncated: look.reply.truncated, answers: look.reply.answers as unknown as Json } : {}),
+  };
+  if (!look.ok) return { ok: false, code: look.code, stage: 'resolve', ms: elapsed(t0), ...dns, connects: [] };
+  const targets = req.port === undefined || req.pick === 'none' ? [] : req.pick === 'all' ? look.addresses : look.addresses.slice(0, 1);
+  const connects: Fields[] = [];
+  let first: ProbeOutcome | undefined;
+  for (const address of targets) {
+    const c = await tcpOpen(address, req.port ?? 0, req.timeoutMs, req.echo);
+    connects.push({ address, ok: c.ok, code: c.code, ms: c.ms });
+    if (first === undefined && !c.ok) first = c;
+  }
+  const connectMs = connects.length > 0 ? (connects[0]?.ms as number) : null;
+  if (first !== undefined) return { ok: false, code: first.code, stage: 'connect', ms: elapsed(t0), ...dns, connectMs, connects };
+  return { ok: true, code: null, stage: null, ms: elapsed(t0), ...dns, connectMs, connects };
+}
+
+function resolveTarget(name: string, port: number | undefined): string {
+  return port === undefined ? name : `${name}:${port}`;
+}
+
+function parseResolveArgs(args: Args): ResolveRequest {
+  const [name, portText] = args.positional;
+  if (name === undefined) throw new UsageError('resolve-connect: NAME missing');
+  let port: number | undefined;
+  if (portText !== undefined) {
+    port = Number(portText);
+    if (!Number.isInteger(port) || port < 1 || port > 65535) throw new UsageError(`resolve-connect: bad PORT ${portText}`);
+  }
+  return checkResolveRequest({
+    name,
+    port,
+    via: args.values.get('via')?.at(-1),
+    server: args.values.get('server')?.at(-1),
+    qtype: args.values.get('qtype')?.at(-1),
+    family: args.values.get('family')?.at(-1),
+    pick: args.values.get('pick')?.at(-1),
+    echo: args.bools.has('echo'),
+    edns: !args.bools.has('no-edns'),
+    timeout: num(args, 'timeout', 2000),
+  });
+}
+
+/** A resolve request from flags or from a JSON request line (same names). */
+function checkResolveRequest(r: Record<string, unknown>): ResolveRequest {
+  const { name, port, via = 'libc', server, qtype = 'A', family: fam, pick = 'first', timeout = 2000 } = r;
+  if (typeof name !== 'string' || name === '') throw new UsageError('name missing');
+  if (port !== undefined && (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535)) throw new UsageError(`bad port ${JSON.stringify(port)}`);
+  if (via !== 'libc' && via !== 'udp') throw new UsageError('via must be libc or udp');
+  if (server !== undefined && (typeof server !== 'string' || isIP(server) === 0)) throw new UsageError(`server must be an IP literal, got ${JSON.stringify(server)}`);
+  const qt = typeof qtype === 'string' ? QTYPES[qtype.toUpperCase()] : undefined;
+  if (qt === undefined) throw new UsageError('qtype must be A or AAAA');
+  const f = fam === undefined ? undefined : Number(fam);
+  if (f !== undefined && f !== 4 && f !== 6) throw new UsageError('family must be 4 or 6');
+  if (pick !== 'first' && pick !== 'all' && pick !== 'none') throw new UsageError('pick must be first, all or none');
+  if (typeof timeout !== 'number' || !(timeout > 0)) throw new UsageError('bad timeout');
+  return {
+    name,
+    port,
+    via,
+    server,
+    qtype: qt,
+    family: f,
+    pick,
+    echo: r.echo === true,
+    edns: r.edns !== false,
+    timeoutMs: timeout,
+  };
+}
+
+async function resolveConnect(args: Args): Promise<void> {
+  const req = parseResolveArgs(args);
+  finish({ mode: 'resolve-connect', target: resolveTarget(req.name, req.port), ...(await resolveConnectOnce(req)) });
+}
+
+/** TCP counters of this network namespace (/proc/net is per netns). */
+function netCounters(): Fields {
+  const out: Fields = {};
+  for (const file of ['/proc/net/snmp', '/proc/net/netstat']) {
+    const lines = readFileSync(file, 'utf8').trim().split('\n');
+    for (let i = 0; i + 1 < lines.length; i += 2) {
+      const head = (lines[i] ?? '').split(/\s+/);
+      const vals = (lines[i + 1] ?? '').split(/\s+/);
+      const proto = head[0]?.replace(':', '') ?? '';
+      if (proto !== 'Tcp' && proto !== 'TcpExt') continue;
+      head.slice(1).forEach((k, j) => (out[`${proto}${k}`] = Number(vals[j + 1])));
+    }
+  }
+  return out;
+}
+
+async function resolver(): Promise<void> {
+  const queue: string[] = [];
+  let busy = false;
+  let inputDone = false;
+  const handle = async (line: string): Promise<void> => {
+    let r: Record<string, unknown>;
+    try {
+      const v: unknown = JSON.parse(line);
+      if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('not a JSON object');
+      r = v as Record<string, unknown>;
+    } catch (e) {
+      emit({ event: 'result', id: '', mode: 'invalid', ok: false, code: 'EINVAL', ms: 0, detail: String(e) });
+      return;
+    }
+    const id = typeof r.id === 'string' || typeof r.id === 'number' ? String(r.id) : '';
+    try {
+      if (r.op === 'netstat') emit({ event: 'result', id, mode: 'netstat', target: '', ok: true, code: null, ms: 0, counters: netCounters() });
+      else if (r.op === 'resolve-connect') {
+        const req = checkResolveRequest(r);
+        emit({ event: 'result', id, mode: 'resolve-connect', target: resolveTarget(req.name, req.port), ...(await resolveConnectOnce(req)) });
+      } else throw new UsageError(`unknown op ${JSON.stringify(r.op)}`);
+    } catch (e) {
+      emit({ event: 'result', id, mode: 'invalid', ok: false, code: 'EINVAL', ms: 0, detail: e instanceof Error ? e.message : String(e) });
+    }
+  };
+  const pump = async (): Promise<void> => {
+    if (busy) return;
+    busy = true;
+    while (queue.length > 0) await handle(queue.shift() as string);
+    busy = false;
+    if (inputDone) process.exit(0);
+  };
+  let buf = '';
+  process.stdin.setEncoding('utf8');
+  process.stdin.on('data', (d: string) => {
+    buf += d;
+    let nl: number;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, nl).trim();
+      buf = buf.slice(nl + 1);
+      if (line !== '') queue.push(line);
+    }
+    void pump();
+  });
+  process.stdin.on('end', () => {
+    inputDone = true;
+    void pump();
+  });
+  for (const s of ['SIGTERM', 'SIGINT'] as const) process.on(s, () => process.exit(0));
+  emit({ event: 'ready', pid: process.pid });
+}
+
+// Query->answer round trips with blocking sockets: each query from a fresh
+// socket connect()ed to the server, timed from connect() to the answer read.
+const DNS_LATENCY_PY = String.raw`
+import errno, json, random, socket, struct, sys, time
+server, qtype, count, warmup, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]) / 1000
+names = json.loads(sys.argv[6])
+fam = socket.AF_INET6 if ':' in server else socket.AF_INET
+def wire(n):
+    return b''.join(bytes([len(l)]) + l.encode() for l in n.rstrip('.').split('.')) + b'\0'
+wires = [wire(n) for n in names]
+opt = bytes([0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0])
+samples, errors = [], {}
+for i in range(warmup + count):
+    qid = random.getrandbits(16)
+    msg = struct.pack('!HHHHHH', qid, 0x0100, 1, 0, 0, 1) + wires[i % len(wires)] + struct.pack('!HH', qtype, 1) + opt
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    s.settimeout(timeout)
+    try:
+        t0 = time.perf_counter_ns()
+        s.connect((server, 53))
+        s.send(msg)
+        while True:
+            data = s.recv(4096)
+            if len(data) >= 12 and data[:2] == msg[:2]:
+                break
+        t1 = time.perf_counter_ns()
+        flags, an = struct.unpack('!H', data[2:4])[0], struct.unpack('!H', data[6:8])[0]
+        if flags & 0xf or an == 0:
+            errors['rcode'] = errors.get('rcode', 0) + 1
+        elif i >= warmup:
+            samples.append(round((t1 - t0) / 1000, 1))
+    except socket.timeout:
+        errors['ETIMEDOUT'] = errors.get('ETIMEDOUT', 0) + 1
+    except OSError as e:
+        k = errno.errorcode.get(e.errno or 0, 'EIO')
+        errors[k] = errors.get(k, 0) + 1
+    finally:
+        s.close()
+print(json.dumps({'samples': samples, 'errors': errors}))
+`;
+
+function runPython(script: string, argv: string[]): Promise<{ status: number | null; out: string; err: string }> {
+  // Debian's python3 (scripts/bootstrap.sh) first: PATH may hold slower shims.
+  const python = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
+  const child = spawn(python, ['-c', script, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+  child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
+  return new Promise((resolve) => {
+    child.once('error', (e) => resolve({ status: null, out, err: String(e) }));
+    child.once('close', (status) => resolve({ status, out, err }));
+  });
+}
+
+async function dnsLatency(args: Args): Promise<void> {
+  const { host: server } = target(args, false);
+  if (isIP(server) === 0) throw new UsageError('dns-latency: SERVER must be an IP literal');
+  const names = args.values.get('name') ?? [];
+  if (names.length === 0) throw new UsageError('dns-latency: give --name NAME at least once');
+  for (const n of names) encodeDnsName(n);
+  const qtype = QTYPES[(args.values.get('qtype')?.at(-1) ?? 'A').toUpperCase()];
+  if (qtype === undefined) throw new UsageError('--qtype must be A or AAAA');
+  const count = Math.floor(num(args, 'count', 1000));
+  const warmup = Math.floor(num(args, 'warmup', 20));
+  const t0 = performance.now();
+  const base: Fields = { mode: 'dns-latency', target: server };
+  const r = await runPython(DNS_LATENCY_PY, [server, String(qtype), String(count), String(warmup), String(num(args, 'timeout', 1000)), JSON.stringify(names)]);
+  let res: { samples?: unknown; errors?: unknown };
+  try {
+    res = JSON.parse(r.out) as typeof res;
+  } catch {
+    finish({ ...base, ok: false, code: 'EIO', ms: elapsed(t0), detail: (r.err || r.out).trim().slice(-300) });
+  }
+  const samples = Array.isArray(res.samples) ? (res.samples as number[]) : [];
+  const errors = (typeof res.errors === 'object' && res.errors !== null ? res.errors : {}) as Record<string, number>;
+  const failed = Object.values(errors).reduce((a, b) => a + b, 0);
+  finish({ ...base, ok: failed === 0, code: failed === 0 ? null : (Object.keys(errors)[0] ?? 'EIO'), ms: elapsed(t0), samplesUs: samples, errors });
+}
+
+// One datagram from a source address that need not be this host's
+// (IP_TRANSPARENT, root): a forged answer.
+const INJECT_PY = String.raw`
+import errno, socket, sys
+src, sport, dst, dport, payload = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), bytes.fromhex(sys.argv[5])
+v6 = ':' in dst
+try:
+    s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+    if v6:
+        s.setsockopt(socket.IPPROTO_IPV6, 75, 1)  # IPV6_TRANSPARENT
+    else:
+        s.setsockopt(socket.SOL_IP, 19, 1)  # IP_TRANSPARENT
+    s.bind((src, sport))
+    print(s.sendto(payload, (dst, dport)))
+except OSError as e:
+    print(errno.errorcode.get(e.errno or 0, 'EIO'))
+    sys.exit(1)
+`;
+
+async function dnsInject(args: Args): Promise<void> {
+  const from = args.values.get('from')?.at(-1);
+  const to = args.values.get('to')?.at(-1);
+  const name = args.values.get('name')?.at(-1);
+  const answers = args.values.get('answer') ?? [];
+  if (from === undefined || isIP(from) === 0 || to === undefined || isIP(to) === 0) throw new UsageError('dns-inject: --from and --to must be IP literals');
+  if (name === undefined || answers.length === 0 || answers.some((a) => isIP(a) === 0)) throw new UsageError('dns-inject: give --name and --answer ADDR');
+  const sport = num(args, 'sport', 53);
+  const dport = num(args, 'dport', 0);
+  if (dport < 1 || dport > 65535) throw new UsageError('dns-inject: --dport PORT');
+  const id = num(args, 'id', 0x4242) & 0xffff;
+  const msg = dnsAnswer(id, name, answers, num(args, 'ttl', 300));
+  const t0 = performance.now();
+  const base: Fields = { mode: 'dns-inject', target: hostPort(to, dport) };
+  const r = await runPython(INJECT_PY, [from, String(sport), to, String(dport), msg.toString('hex')]);
+  if (r.status !== 0) finish({ ...base, ok: false, code: /^E[A-Z]+$/.test(r.out.trim()) ? r.out.trim() : 'EIO', ms: elapsed(t0), detail: r.err.trim().slice(-300) });
+  finish({ ...base, ok: true, code: null, ms: elapsed(t0), bytes: Number(r.out.trim()) });
+}
+
 const MODES: Record<string, (a: Args) => Promise<void>> = {
   'tcp-connect': tcpConnect,
   'udp-send': udpSend,
@@ -656,6 +1231,10 @@ const MODES: Record<string, (a: Args) => Promise<void>> = {
   'tcp-stream': tcpStream,
   ping,
   prober,
+  'resolve-connect': resolveConnect,
+  resolver,
+  'dns-latency': dnsLatency,
+  'dns-inject': dnsInject,
 };
 
 async function main(): Promise<void> {

@@ -25,18 +25,19 @@
 // signal hooks, the reaper process (reaper.ts: the owner was SIGKILLed),
 // cleanupLeftovers() (leftovers found by name prefix) and sandboxDown(id).
 //
-// DNS: a DNS server namespace will be one more endpoint (reserved host name
-// "dns"); processes are started with `ip netns exec`, which bind-mounts
-// /etc/netns/<netns>/resolv.conf, so pods will pick it up without changes here.
+// DNS: the test DNS server (dns-server.ts) is one more host. Processes are
+// started with `ip netns exec`, which bind-mounts /etc/netns/<netns>/resolv.conf
+// over /etc/resolv.conf: setResolvConf() writes that file for a pod, so its
+// programs' libc resolver asks the sandbox's server (removed by teardown).
 
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { isIP, Socket } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Namespace, Protocol, QosClass } from '../model/types.js';
-import { GATEWAY_MAC, GATEWAY_V4, GATEWAY_V6, FIRST_POD_INDEX, LAST_POD_INDEX, podIPv4, podIPv6 } from './addressing.js';
+import { checkHostPrefix, GATEWAY_MAC, GATEWAY_V4, GATEWAY_V6, FIRST_POD_INDEX, LAST_POD_INDEX, podIPv4, podIPv6 } from './addressing.js';
 import {
   containerCgroupName,
   ensureCgroup,
@@ -53,6 +54,7 @@ import { checkHostSpec, checkPodSpec, checkSpec, ID_PATTERN, type HostPorts, typ
 import {
   cgroupNames,
   NAME_PREFIX,
+  NETNS_ETC_DIR,
   NODE_NETNS_SUFFIX,
   ownerAlive,
   readState,
@@ -588,6 +590,48 @@ export class Sandbox {
     this.assertUsable();
     const pod = this.pod(namespace, name);
     return this.spawnJoined(pod.containerCgroup(opts.container ?? 'main'), pod.netns, argv, opts);
+  }
+
+  /**
+   * Starts argv in the pod's netns but in a cgroup outside the pods' tree,
+   * so cgroup programs attached there (weir's) never see its sockets: the
+   * same packets on the same path, without weir, for A/B measurements.
+   */
+  spawnInPodNetns(namespace: string, name: string, argv: readonly string[], opts: Omit<SpawnInOptions, 'container'> = {}): ChildProcess {
+    this.assertUsable();
+    const pod = this.pod(namespace, name);
+    // Host cgroups are DNS labels (no dots), so this name never collides with one.
+    const cg = join(this.hostsCgroupRoot, `${pod.namespace}.${pod.name}.outside`);
+    ensureCgroup(cg);
+    return this.spawnJoined(cg, pod.netns, argv, opts);
+  }
+
+  /**
+   * The pod's /etc/resolv.conf for processes started from now on (a file
+   * under /etc/netns/<pod netns>/ that `ip netns exec` bind-mounts).
+   */
+  setResolvConf(namespace: string, name: string, content: string): void {
+    this.assertUsable();
+    const pod = this.pod(namespace, name);
+    const dir = join(NETNS_ETC_DIR, pod.netns);
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, 'resolv.conf'), content);
+  }
+
+  /**
+   * Routes a whole prefix to a host, which answers on every address in it
+   * (a local route: "AnyIP"), so DNS answers can name many addresses that
+   * all lead to one server. The prefix must lie in the host kind's ranges
+   * (addressing.ts). The node routes it via the host's own address, so
+   * neighbour resolution needs only that one.
+   */
+  async routeToHost(hostName: string, cidr: string): Promise<void> {
+    this.assertUsable();
+    const host = this.host(hostName);
+    checkHostPrefix(host.name, host.kind, cidr);
+    const v6 = cidr.includes(':');
+    await this.batch(host.netns, [`route add local ${cidr} dev lo`]);
+    await this.batch(this.nodeNetns, [`route add ${cidr} via ${v6 ? host.ip6 : host.ip} dev ${host.veth}`]);
   }
 
   /** Starts argv in a host's netns (and in that host's cgroup, outside the pods' tree). */

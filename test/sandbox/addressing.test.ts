@@ -1,6 +1,6 @@
 // Pure checks of the sandbox addressing plan (no kernel objects).
 import { describe, expect, it } from 'vitest';
-import { canonicalIPv6, checkHostAddresses, cidrContains, deriveHostIPv6, podIPv4, podIPv6 } from '../../src/sandbox/addressing.js';
+import { canonicalIPv6, checkHostAddresses, checkHostPrefix, cidrContains, deriveHostIPv6, podIPv4, podIPv6 } from '../../src/sandbox/addressing.js';
 import { findCgroup2Mount, podCgroupRelPath } from '../../src/sandbox/cgroup.js';
 
 describe('sandbox addressing', () => {
@@ -51,5 +51,21 @@ describe('sandbox cgroup layout', () => {
     expect(findCgroup2Mount('cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n')).toBe('/sys/fs/cgroup');
     expect(findCgroup2Mount('cgroup2 /mnt/with\\040space cgroup2 rw 0 0\n')).toBe('/mnt/with space');
     expect(() => findCgroup2Mount('cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n')).toThrow(/no cgroup v2/);
+  });
+});
+
+describe('prefixes routed to a host (routeToHost)', () => {
+  it('stay inside one range of the host kind and clear of the pods', () => {
+    expect(() => checkHostPrefix('m', 'internet', '203.0.113.0/24')).not.toThrow();
+    expect(() => checkHostPrefix('m', 'internet', '2001:db8:203:113::/64')).not.toThrow();
+    expect(() => checkHostPrefix('s', 'service', '10.96.0.0/16')).not.toThrow();
+    expect(() => checkHostPrefix('m', 'internet', '203.0.0.0/16')).toThrow(RangeError); // wider than the /24
+    expect(() => checkHostPrefix('m', 'internet', '8.8.8.0/24')).toThrow(RangeError);
+    expect(() => checkHostPrefix('m', 'internet', '10.96.0.0/16')).toThrow(RangeError); // a service range
+    expect(() => checkHostPrefix('s', 'service', '10.0.0.0/8')).toThrow(/pod range/);
+    expect(() => checkHostPrefix('s', 'service', '10.244.0.128/25')).toThrow(/pod range/);
+    expect(() => checkHostPrefix('s', 'service', 'fd00:10:244::/48')).toThrow(/pod range/);
+    expect(() => checkHostPrefix('m', 'internet', '203.0.113.0')).toThrow(TypeError);
+    expect(() => checkHostPrefix('m', 'internet', '203.0.113.0/33')).toThrow(TypeError);
   });
 });
