@@ -290,8 +290,10 @@ export class Datapath {
       sets: this.map('weir_sets') as WritableMap,
       nodes: this.map('weir_nodes') as WritableMap,
       classes: this.map('weir_classes') as WritableMap,
+      fqdnKeys: this.map('weir_fqdn_keys') as WritableMap,
+      dnsResolvers: this.map('weir_dns_resolvers') as WritableMap,
     };
-    this.writer = new StateWriter(policyMaps, { graceMs, maxEndpoints: caps.endpoints }, log, (ep) => this.forgetEndpoint(ep));
+    this.writer = new StateWriter(policyMaps, { graceMs, maxEndpoints: caps.endpoints, dnsSecret: () => this.dnsSecret() }, log, (ep) => this.forgetEndpoint(ep));
     this.adopted = this.writer.adopt();
   }
 

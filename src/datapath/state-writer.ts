@@ -17,6 +17,20 @@
 // The writer keeps a mirror of what it wrote so that an unchanged set or pod
 // costs no syscall.
 //
+// FQDN peers (docs/architecture.md, "DNS-aware egress"): a set's fqdn keys
+// (DesiredSet.fqdn) go to weir_fqdn_keys as {set id, kind, keyed hash of
+// the name or wildcard suffix} -> port class id, the classes allocated and
+// refcounted together with the trie's (one class serves both when equal).
+// Keys are written in step 2 before the set's value, which carries
+// WEIR_SET_F_FQDN exactly when the set has keys: new keys are added before
+// the set is switched, a key whose class changed is rewritten in place
+// (a single-element update: each decision reads the class anew), and keys
+// the new version no longer has are deleted only after the switch, as are
+// a removed set's keys after its value is cleared. So the flag never points
+// at keys not yet written. The trusted resolvers (DesiredState.resolvers)
+// go to weir_dns_resolvers, one entry per address and port: new ones
+// before stale ones are deleted.
+//
 // A restarted agent adopts what a previous one left in the pinned maps
 // (adopt()). Its first apply reconciles them with the desired state by
 // content: an adopted port class or trie node whose bytes are exactly what
@@ -29,7 +43,10 @@
 import type { Logger } from 'pino';
 import type { DesiredSet, DesiredState } from '../policy/engine.js';
 import { classKey, SET_F_E_ISOLATED, SET_F_NOT_COMPILED, SET_F_VALID, type FlatPrefix } from '../policy/compile.js';
-import { addressBytes } from '../policy/prefix.js';
+import type { FqdnKey } from '../policy/fqdn.js';
+import { nameHash } from '../policy/fqdn-hash.js';
+import { addressBytes, bytesToAddress } from '../policy/prefix.js';
+import type { Resolver } from '../policy/resolvers.js';
 import {
   CONST,
   SIZES,
@@ -39,6 +56,13 @@ import {
   decodeSetValue,
   decodeTrieNode,
   decodePortClass,
+  decodeDnsKey,
+  decodeDnsResolverKey,
+  decodeFqdnKeyValue,
+  encodeDnsKey,
+  encodeDnsResolverKey,
+  encodeDnsResolverValue,
+  encodeFqdnKeyValue,
   encodePodIpKey,
   encodePodIpValue,
   encodePodValue,
@@ -52,8 +76,10 @@ import {
 } from './abi.js';
 import { CapacityError, IndexAllocator } from './allocator.js';
 
-const POD_F_ADDR_MISSING = CONST.WEIR_POD_F_ADDR_MISSING;
 import { buildTrie, encodeNode, SLOT_CHILD, type BuiltTrie } from './trie.js';
+
+const POD_F_ADDR_MISSING = CONST.WEIR_POD_F_ADDR_MISSING;
+const SET_F_FQDN = CONST.WEIR_SET_F_FQDN;
 
 /** The map operations the writer needs; implemented by the addon's BpfMap. */
 export interface WritableMap {
@@ -73,6 +99,13 @@ export interface PolicyMaps {
   sets: WritableMap;
   nodes: WritableMap;
   classes: WritableMap;
+  /**
+   * weir_fqdn_keys and weir_dns_resolvers. A writer without them (tests of
+   * the other maps) writes no fqdn keys and no WEIR_SET_F_FQDN flag, and
+   * leaves the resolvers alone.
+   */
+  fqdnKeys?: WritableMap;
+  dnsResolvers?: WritableMap;
 }
 
 interface SetRecord {
@@ -81,6 +114,8 @@ interface SetRecord {
   value: SetValue;
   nodeKeys: string[];
   classKeys: string[];
+  /** Its weir_fqdn_keys entries (hex of the encoded key); their classes are in classKeys. */
+  fqdnKeys: string[];
   failed: boolean;
   /**
    * An adopted set kept as the last good version of a set that does not
@@ -119,6 +154,12 @@ export interface ApplyResult {
   /** weir_pod_ips entries written (new or changed owner) and deleted. */
   addressesWritten: number;
   addressesRemoved: number;
+  /** weir_fqdn_keys entries written (new, or a new class in place) and deleted. */
+  fqdnKeysWritten: number;
+  fqdnKeysRemoved: number;
+  /** weir_dns_resolvers entries written and deleted. */
+  resolversWritten: number;
+  resolversRemoved: number;
   /**
    * Sets that could not be written: they do not compile (DesiredSet.error),
    * or a policy map is full (weir_nodes, weir_classes, weir_sets: the
@@ -138,13 +179,14 @@ export interface ApplyResult {
   /**
    * Only on the first apply after adopt(): what it changed in the adopted
    * maps, per map (weir_pods, weir_pod_ips, weir_sets, weir_nodes,
-   * weir_classes): entries added, removed and rewritten in place.
+   * weir_classes, weir_fqdn_keys, weir_dns_resolvers): entries added,
+   * removed and rewritten in place.
    */
   reconciled?: ReconcileCounts;
 }
 
 export type ReconcileAction = 'added' | 'removed' | 'rewritten';
-export const RECONCILED_MAPS = ['weir_pods', 'weir_pod_ips', 'weir_sets', 'weir_nodes', 'weir_classes'] as const;
+export const RECONCILED_MAPS = ['weir_pods', 'weir_pod_ips', 'weir_sets', 'weir_nodes', 'weir_classes', 'weir_fqdn_keys', 'weir_dns_resolvers'] as const;
 export type ReconciledMap = (typeof RECONCILED_MAPS)[number];
 export type ReconcileCounts = Record<ReconciledMap, Record<ReconcileAction, number>>;
 
@@ -164,8 +206,12 @@ interface Legacy {
   /** Encoded content (hex) -> adopted index, for reuse by content. */
   nodeByContent: Map<string, number>;
   classByContent: Map<string, number>;
-  /** Per adopted set: the nodes and classes reachable from it. */
+  /** Per adopted set: the nodes and classes reachable from it (its fqdn keys' classes included). */
   reach: Map<number, { nodes: number[]; classes: number[] }>;
+  /** Per adopted set: its weir_fqdn_keys entries (hex). */
+  fqdnBySet: Map<number, string[]>;
+  /** weir_fqdn_keys entries of set ids that are not valid sets: deleted first thing. */
+  staleFqdn: string[];
 }
 
 export interface EndpointInfo {
@@ -180,6 +226,11 @@ export interface EndpointInfo {
 export interface WriterCapacities {
   graceMs: number;
   maxEndpoints: number;
+  /**
+   * The key of the DNS name hash (Datapath.dnsSecret()): fqdn keys are
+   * written hashed with it. Needed with PolicyMaps.fqdnKeys.
+   */
+  dnsSecret?: () => bigint;
 }
 
 const contentKeys = new WeakMap<DesiredSet, string>();
@@ -195,7 +246,8 @@ function contentKeyOf(set: DesiredSet): string {
 
 function computeContentKey(set: DesiredSet): string {
   const part = (flat: FlatPrefix[]): string => flat.map((f) => `${Buffer.from(f.prefix.bytes).toString('hex')}/${f.prefix.len}=${f.key}`).join(';');
-  return `${set.flags}#${part(set.v4)}#${part(set.v6)}`;
+  const fqdn = (set.fqdn ?? []).map((k) => `${k.text}=${classKey(k.cls)}`).join(';');
+  return `${set.flags}#${part(set.v4)}#${part(set.v6)}#${fqdn}`;
 }
 
 export class StateWriter {
@@ -211,6 +263,13 @@ export class StateWriter {
   private readonly endpointsByCgroup = new Map<string, number>();
   /** weir_pod_ips as written: key (hex of the encoded key) -> endpoint id. */
   private readonly podIps = new Map<string, number>();
+  /** weir_fqdn_keys as written (adopted entries included): key (hex of the encoded key) -> class id. */
+  private readonly fqdn = new Map<string, number>();
+  /** weir_dns_resolvers as written (adopted entries included): key (hex). */
+  private readonly resolvers = new Set<string>();
+  /** Hashes of fqdn key texts, under the secret they were made with. */
+  private hashes: { secret: bigint; byText: Map<string, bigint> } | null = null;
+  private readonly dnsSecret: (() => bigint) | null;
   /** State adopted from pinned maps: reused by content or released by the first apply. */
   private legacy: Legacy | null = null;
   /** The first apply's counts (set while it runs). */
@@ -228,6 +287,8 @@ export class StateWriter {
     this.nodeAlloc = new IndexAllocator('weir_nodes', 1, maps.nodes.maxEntries, caps.graceMs);
     this.classAlloc = new IndexAllocator('weir_classes', 1, maps.classes.maxEntries, caps.graceMs);
     this.endpointAlloc = new IndexAllocator('endpoints', 0, caps.maxEndpoints, caps.graceMs);
+    if (maps.fqdnKeys && !caps.dnsSecret) throw new TypeError('StateWriter: weir_fqdn_keys needs caps.dnsSecret (the key of the name hash)');
+    this.dnsSecret = caps.dnsSecret ?? null;
   }
 
   get generation(): number {
@@ -240,8 +301,17 @@ export class StateWriter {
    * reused or released it, keeps each pod's endpoint id (counters stay
    * attributed), and continues the policy generation. Returns what it found.
    */
-  adopt(): { pods: number; sets: number; nodes: number; classes: number; generation: number } {
-    const legacy: Legacy = { sets: new Map(), nodes: new Set(), classes: new Set(), nodeByContent: new Map(), classByContent: new Map(), reach: new Map() };
+  adopt(): { pods: number; sets: number; nodes: number; classes: number; fqdnKeys: number; resolvers: number; generation: number } {
+    const legacy: Legacy = {
+      sets: new Map(),
+      nodes: new Set(),
+      classes: new Set(),
+      nodeByContent: new Map(),
+      classByContent: new Map(),
+      reach: new Map(),
+      fqdnBySet: new Map(),
+      staleFqdn: [],
+    };
     const pd = this.maps.pods.dump();
     for (let i = 0; i < pd.count; i++) {
       const cg = pd.keys.readBigUInt64LE(i * 8);
@@ -271,10 +341,61 @@ export class StateWriter {
       for (const root of [v.root4, v.root6]) this.collectTrie(root, legacy, reach, walked);
       legacy.reach.set(id, { nodes: [...reach.nodes], classes: [...reach.classes] });
     }
+    this.adoptFqdn(legacy);
     for (const n of legacy.nodes) this.nodeAlloc.reserve(n);
     for (const c of legacy.classes) this.classAlloc.reserve(c);
     this.legacy = legacy;
-    return { pods: pd.count, sets: legacy.sets.size, nodes: legacy.nodes.size, classes: legacy.classes.size, generation: this.gen };
+    return {
+      pods: pd.count,
+      sets: legacy.sets.size,
+      nodes: legacy.nodes.size,
+      classes: legacy.classes.size,
+      fqdnKeys: this.fqdn.size,
+      resolvers: this.resolvers.size,
+      generation: this.gen,
+    };
+  }
+
+  /**
+   * The fqdn keys and resolvers a previous agent wrote: each key of a valid
+   * adopted set belongs to it (its class is reachable from the set, kept
+   * for reuse by content like the trie's); keys of any other set id are
+   * stale, deleted by the first apply before it writes a set.
+   */
+  private adoptFqdn(legacy: Legacy): void {
+    const keysMap = this.maps.fqdnKeys;
+    if (keysMap) {
+      const d = keysMap.dump();
+      const ks = SIZES.weir_dns_key;
+      const vs = SIZES.weir_fqdn_key_value;
+      for (let i = 0; i < d.count; i++) {
+        const kb = d.keys.subarray(i * ks, (i + 1) * ks);
+        const hex = kb.toString('hex');
+        const cls = decodeFqdnKeyValue(d.values.subarray(i * vs, (i + 1) * vs));
+        this.fqdn.set(hex, cls);
+        const setId = decodeDnsKey(kb).setId;
+        const reach = legacy.reach.get(setId);
+        if (!reach) {
+          legacy.staleFqdn.push(hex);
+          continue;
+        }
+        let mine = legacy.fqdnBySet.get(setId);
+        if (!mine) legacy.fqdnBySet.set(setId, (mine = []));
+        mine.push(hex);
+        if (cls === 0 || cls >= this.maps.classes.maxEntries) continue;
+        if (!reach.classes.includes(cls)) reach.classes.push(cls);
+        if (legacy.classes.has(cls)) continue;
+        legacy.classes.add(cls);
+        const content = this.maps.classes.lookup(u32Key(cls))?.toString('hex');
+        if (content !== undefined && !legacy.classByContent.has(content)) legacy.classByContent.set(content, cls);
+      }
+    }
+    const resolvers = this.maps.dnsResolvers;
+    if (resolvers) {
+      const d = resolvers.dump();
+      const ks = SIZES.weir_dns_resolver_key;
+      for (let i = 0; i < d.count; i++) this.resolvers.add(d.keys.subarray(i * ks, (i + 1) * ks).toString('hex'));
+    }
   }
 
   /** Walks an adopted trie: records its nodes and classes, and their contents for reuse. */
@@ -337,6 +458,10 @@ export class StateWriter {
       podsRemoved: 0,
       addressesWritten: 0,
       addressesRemoved: 0,
+      fqdnKeysWritten: 0,
+      fqdnKeysRemoved: 0,
+      resolversWritten: 0,
+      resolversRemoved: 0,
       failedSets: [],
       failedPods: [],
     };
@@ -366,7 +491,12 @@ export class StateWriter {
         if (ks.size === 1 && only !== undefined && !legacySetFor.has(only)) legacySetFor.set(only, sid);
       }
       this.dedupeAdoptedEndpoints(wantPods);
+      // Keys of set ids no valid set has: nothing consults them, and the id may be handed out below.
+      this.deleteFqdnKeys(legacy.staleFqdn, res);
+      legacy.staleFqdn = [];
     }
+    // The trusted resolvers: new ones now, stale ones once the sets are written.
+    const removeStaleResolvers = this.writeResolvers(state.resolvers, res);
 
     // 1 + 2: sets (classes and nodes first, inside writeSet). A set that
     // does not compile but had an adopted version keeps it, and its nodes
@@ -486,10 +616,11 @@ export class StateWriter {
       }
     }
 
-    // 4: sets nobody uses, then everything replaced above.
+    // 4: sets nobody uses (their fqdn keys once the value no longer has the flag), then everything replaced above.
     for (const [key, rec] of [...this.sets]) {
       if (wanted.has(key)) continue;
       this.maps.sets.update(u32Key(rec.id), encodeSetValue({ root4: 0, root6: 0, flags: 0, generation: nextGen }));
+      this.deleteFqdnKeys(rec.fqdnKeys, res);
       this.sets.delete(key);
       this.setAlloc.release(rec.id);
       this.unref(rec.nodeKeys, rec.classKeys);
@@ -497,10 +628,12 @@ export class StateWriter {
       res.setsRemoved++;
     }
     for (const r of releases) r();
+    removeStaleResolvers();
     if (legacy && counts) {
       // Whatever adopted state was neither reused nor kept.
       for (const s of legacy.sets.keys()) {
         this.maps.sets.update(u32Key(s), encodeSetValue({ root4: 0, root6: 0, flags: 0, generation: nextGen }));
+        this.deleteFqdnKeys(legacy.fqdnBySet.get(s) ?? [], res);
         this.setAlloc.release(s);
         counts.weir_sets.removed++;
       }
@@ -550,7 +683,9 @@ export class StateWriter {
       held.classes.push(c);
       for (const [hex, i] of legacy.classByContent) if (i === c) legacy.classByContent.delete(hex);
     }
-    this.sets.set(key, { id, contentKey: '', value, nodeKeys: [], classKeys: [], failed: false, held });
+    const fqdnKeys = legacy.fqdnBySet.get(id) ?? [];
+    legacy.fqdnBySet.delete(id);
+    this.sets.set(key, { id, contentKey: '', value, nodeKeys: [], classKeys: [], fqdnKeys, failed: false, held });
     this.log.warn({ set: id }, 'a policy set does not compile; the version a previous agent wrote stays in force');
   }
 
@@ -654,7 +789,7 @@ export class StateWriter {
     const value: SetValue = { root4: 0, root6: 0, flags: SET_F_VALID | SET_F_E_ISOLATED | SET_F_NOT_COMPILED, generation: gen };
     this.maps.sets.update(u32Key(id), encodeSetValue(value));
     if (this.counts) this.counts.weir_sets.added++;
-    this.sets.set(key, { id, contentKey: '', value, nodeKeys: [], classKeys: [], failed: true });
+    this.sets.set(key, { id, contentKey: '', value, nodeKeys: [], classKeys: [], fqdnKeys: [], failed: true });
   }
 
   /**
@@ -707,7 +842,10 @@ export class StateWriter {
   ): { release: () => void; written: boolean } {
     const classIds = new Map<string, number>();
     const newClasses: { index: number; buf: Buffer }[] = [];
-    for (const f of [...desired.v4, ...desired.v6]) {
+    // The fqdn keys' classes come from the same refcounted table as the trie's.
+    const fqdn = this.maps.fqdnKeys ? (desired.fqdn ?? []) : [];
+    const fqdnClasses = fqdn.map((k) => ({ key: classKey(k.cls), cls: k.cls }));
+    for (const f of [...desired.v4, ...desired.v6, ...fqdnClasses]) {
       if (classIds.has(f.key)) continue;
       if (f.cls.anyBits === 0 && f.cls.ranges.length === 0) {
         classIds.set(f.key, 0); // the empty class is class 0
@@ -779,30 +917,49 @@ export class StateWriter {
     }
 
     const old = this.sets.get(key);
+    const prev = adopted !== undefined ? this.legacy?.sets.get(adopted) : undefined;
     let id: number;
+    let fresh = false;
+    if (old) id = old.id;
+    else if (adopted !== undefined && prev) id = adopted;
+    else {
+      id = this.setAlloc.alloc();
+      fresh = true;
+    }
+    // The fqdn keys, before the value that flags them. Throws (weir_fqdn_keys
+    // full) with nothing of them left written.
+    const oldKeys = old ? old.fqdnKeys : adopted !== undefined && prev ? (this.legacy?.fqdnBySet.get(adopted) ?? []) : [];
+    let keys: ReturnType<StateWriter['writeFqdnKeys']>;
+    try {
+      keys = this.writeFqdnKeys(id, fqdn, classIds, oldKeys, res);
+    } catch (err) {
+      if (fresh) this.setAlloc.release(id);
+      throw err;
+    }
     let value: SetValue = {
       root4: t4.rootKey ? indexOf(t4.rootKey) : 0,
       root6: t6.rootKey ? indexOf(t6.rootKey) : 0,
-      flags: desired.flags,
+      flags: desired.flags | (keys.keys.length > 0 ? SET_F_FQDN : 0),
       generation: gen,
     };
     let written = true;
-    const prev = adopted !== undefined ? this.legacy?.sets.get(adopted) : undefined;
-    if (old) id = old.id;
-    else if (adopted !== undefined && prev) {
-      id = adopted;
+    if (!old && prev && adopted !== undefined) {
       this.legacy?.sets.delete(adopted);
+      this.legacy?.fqdnBySet.delete(adopted);
       if (prev.root4 === value.root4 && prev.root6 === value.root6 && prev.flags === value.flags) {
         value = prev; // exactly what is there: nothing to write
         written = false;
       } else if (this.counts) this.counts.weir_sets.rewritten++;
-    } else {
-      id = this.setAlloc.alloc();
-      if (this.counts) this.counts.weir_sets.added++;
-    }
+    } else if (fresh && this.counts) this.counts.weir_sets.added++;
     if (written) this.maps.sets.update(u32Key(id), encodeSetValue(value));
-    this.sets.set(key, { id, contentKey, value, nodeKeys, classKeys, failed: false });
-    this.log.debug({ set: id, prefixes4: desired.v4.length, prefixes6: desired.v6.length, nodes: nodeKeys.length, newNodes: newNodes.length, written }, 'policy set written');
+    // Keys of the previous version that this one no longer has: only now
+    // that the set no longer points at them (their classes go with release).
+    this.deleteFqdnKeys(keys.stale, res);
+    this.sets.set(key, { id, contentKey, value, nodeKeys, classKeys, fqdnKeys: keys.keys, failed: false });
+    this.log.debug(
+      { set: id, prefixes4: desired.v4.length, prefixes6: desired.v6.length, nodes: nodeKeys.length, newNodes: newNodes.length, fqdnKeys: keys.keys.length, written },
+      'policy set written',
+    );
     return {
       written,
       release: () => {
@@ -811,6 +968,127 @@ export class StateWriter {
           this.releaseHeld(old);
         }
       },
+    };
+  }
+
+  /** The weir_fqdn_keys key of a compiled fqdn key of set `setId`. */
+  fqdnKeyOf(setId: number, k: FqdnKey): Buffer {
+    if (!this.dnsSecret) throw new Error('StateWriter: no DNS secret (caps.dnsSecret)');
+    const secret = this.dnsSecret();
+    if (this.hashes?.secret !== secret) this.hashes = { secret, byText: new Map() };
+    let hash = this.hashes.byText.get(k.text);
+    if (hash === undefined) {
+      // Exact: the hash of the name; `*.s`: the hash of s, kind wildcard.
+      hash = nameHash(secret, k.matcher.kind === 'name' ? k.matcher.name : k.matcher.suffix);
+      this.hashes.byText.set(k.text, hash);
+    }
+    return encodeDnsKey({ setId, kind: k.matcher.kind === 'name' ? CONST.WEIR_DNS_KEY_EXACT : CONST.WEIR_DNS_KEY_WILDCARD, hash });
+  }
+
+  /**
+   * Makes set `setId`'s keys in weir_fqdn_keys those of `fqdn` (their
+   * class ids in `classIds`, already written): new keys are added, keys
+   * with another class rewritten in place. Returns the keys now, and the
+   * keys of the previous version (`oldKeys`) to delete once the set value
+   * is written. Throws with nothing changed when the map has no room.
+   */
+  private writeFqdnKeys(setId: number, fqdn: readonly FqdnKey[], classIds: Map<string, number>, oldKeys: readonly string[], res: ApplyResult): { keys: string[]; stale: string[] } {
+    const map = this.maps.fqdnKeys;
+    if (!map || fqdn.length === 0) return { keys: [], stale: [...oldKeys] };
+    const want = new Map<string, number>();
+    for (const k of fqdn) want.set(this.fqdnKeyOf(setId, k).toString('hex'), classIds.get(classKey(k.cls)) ?? 0);
+    const adds: [string, number][] = [];
+    const rewrites: [string, number][] = [];
+    for (const [hex, cls] of want) {
+      const cur = this.fqdn.get(hex);
+      if (cur === undefined) adds.push([hex, cls]);
+      else if (cur !== cls) rewrites.push([hex, cls]);
+    }
+    // A hash map refuses a new key when full (E2BIG); say which map, as the array maps do.
+    if (this.fqdn.size + adds.length > map.maxEntries) throw new CapacityError('weir_fqdn_keys', map.maxEntries);
+    const added: string[] = [];
+    try {
+      for (const [hex, cls] of adds) {
+        map.update(Buffer.from(hex, 'hex'), encodeFqdnKeyValue(cls));
+        added.push(hex);
+        this.fqdn.set(hex, cls);
+      }
+    } catch (err) {
+      for (const hex of added) {
+        map.delete(Buffer.from(hex, 'hex'));
+        this.fqdn.delete(hex);
+      }
+      throw err;
+    }
+    // In place: one element each, read anew by every decision. Cannot fail for room.
+    for (const [hex, cls] of rewrites) {
+      map.update(Buffer.from(hex, 'hex'), encodeFqdnKeyValue(cls));
+      this.fqdn.set(hex, cls);
+    }
+    res.fqdnKeysWritten += adds.length + rewrites.length;
+    if (this.counts) {
+      this.counts.weir_fqdn_keys.added += adds.length;
+      this.counts.weir_fqdn_keys.rewritten += rewrites.length;
+    }
+    return { keys: [...want.keys()], stale: oldKeys.filter((h) => !want.has(h)) };
+  }
+
+  private deleteFqdnKeys(keys: readonly string[], res: ApplyResult): void {
+    const map = this.maps.fqdnKeys;
+    if (!map) return;
+    for (const hex of keys) {
+      if (!this.fqdn.has(hex)) continue;
+      map.delete(Buffer.from(hex, 'hex'));
+      this.fqdn.delete(hex);
+      res.fqdnKeysRemoved++;
+      if (this.counts) this.counts.weir_fqdn_keys.removed++;
+    }
+  }
+
+  /**
+   * Adds the trusted resolvers not yet in weir_dns_resolvers (one entry per
+   * address and port) and returns the removal of those no longer trusted,
+   * to run once the sets are written. `undefined` (a state not made by the
+   * engine) leaves the map alone. A resolver that does not fit is logged:
+   * answers from it teach nothing.
+   */
+  private writeResolvers(resolvers: readonly Resolver[] | undefined, res: ApplyResult): () => void {
+    const map = this.maps.dnsResolvers;
+    if (!map || resolvers === undefined) return () => {};
+    const want = new Set<string>();
+    for (const r of resolvers) {
+      let a: ReturnType<typeof addressBytes>;
+      try {
+        a = addressBytes(r.ip);
+      } catch {
+        continue;
+      }
+      for (const port of r.ports) want.add(encodeDnsResolverKey({ family: a.family === 4 ? 2 : 10, port, addr: a.bytes }).toString('hex'));
+    }
+    const failed: string[] = [];
+    for (const hex of want) {
+      if (this.resolvers.has(hex)) continue;
+      try {
+        map.update(Buffer.from(hex, 'hex'), encodeDnsResolverValue());
+        this.resolvers.add(hex);
+        res.resolversWritten++;
+        if (this.counts) this.counts.weir_dns_resolvers.added++;
+      } catch (err) {
+        failed.push(`${describeResolverKey(hex)}: ${(err as Error).message}`);
+      }
+    }
+    if (failed.length > 0) {
+      this.log.error({ failed: failed.length, first: failed[0] }, 'trusted DNS resolvers could not be written (weir_dns_resolvers full?): answers from them teach nothing');
+    }
+    const counts = this.counts;
+    return () => {
+      for (const hex of [...this.resolvers]) {
+        if (want.has(hex)) continue;
+        map.delete(Buffer.from(hex, 'hex'));
+        this.resolvers.delete(hex);
+        res.resolversRemoved++;
+        if (counts) counts.weir_dns_resolvers.removed++;
+      }
     };
   }
 
@@ -878,7 +1156,21 @@ export class StateWriter {
       weir_nodes: { used: this.nodeAlloc.inUse, capacity: this.maps.nodes.maxEntries - 1 },
       weir_classes: { used: this.classAlloc.inUse, capacity: this.maps.classes.maxEntries - 1 },
       endpoints: { used: this.endpointAlloc.inUse, capacity: this.endpointAlloc.capacity },
+      ...(this.maps.fqdnKeys ? { weir_fqdn_keys: { used: this.fqdn.size, capacity: this.maps.fqdnKeys.maxEntries } } : {}),
+      ...(this.maps.dnsResolvers ? { weir_dns_resolvers: { used: this.resolvers.size, capacity: this.maps.dnsResolvers.maxEntries } } : {}),
     };
+  }
+
+  /** The entries written to weir_dns_resolvers (tests, status). */
+  resolverEntries(): { ip: string; port: number }[] {
+    return [...this.resolvers].map(describeResolver).sort((a, b) => (a.ip < b.ip ? -1 : a.ip > b.ip ? 1 : a.port - b.port));
+  }
+
+  /** The weir_fqdn_keys entries of a set (tests, status): class id by key (hex). */
+  fqdnKeysOfSet(setKey: string): Map<string, number> {
+    const out = new Map<string, number>();
+    for (const hex of this.sets.get(setKey)?.fqdnKeys ?? []) out.set(hex, this.fqdn.get(hex) ?? 0);
+    return out;
   }
 
   /** Reads a class back (tests, status). */
@@ -886,6 +1178,16 @@ export class StateWriter {
     const raw = this.maps.classes.lookup(u32Key(id));
     return raw ? decodePortClass(raw) : null;
   }
+}
+
+function describeResolver(hex: string): { ip: string; port: number } {
+  const k = decodeDnsResolverKey(Buffer.from(hex, 'hex'));
+  return { ip: bytesToAddress(k.family === 2 ? 4 : 6, k.addr), port: k.port };
+}
+
+function describeResolverKey(hex: string): string {
+  const r = describeResolver(hex);
+  return r.ip.includes(':') ? `[${r.ip}]:${r.port}` : `${r.ip}:${r.port}`;
 }
 
 export { CapacityError, classKey };

@@ -88,6 +88,12 @@ export interface DesiredState {
   sets: Map<string, DesiredSet>;
   policies: Policy[];
   problems: PolicyProblem[];
+  /**
+   * The trusted DNS resolvers (src/policy/resolvers.ts): the only sources
+   * DNS answers are learned from, written to weir_dns_resolvers. Absent in
+   * hand-made states (benchmarks): the StateWriter leaves that map alone.
+   */
+  resolvers?: Resolver[];
 }
 
 export interface Match {
@@ -278,7 +284,7 @@ export class PolicyEngine {
     }
     this.cache = new Map(sets);
     this.nsLabelsSeen = nsLabels;
-    return { pods, sets, policies, problems };
+    return { pods, sets, policies, problems, resolvers };
   }
 
   /** Why does pod P get this verdict for dst:port/proto? */

@@ -1,7 +1,7 @@
-// Writes what the agent will write for DNS-aware egress (the StateWriter
-// side is not built yet): a set's fqdn keys (DesiredSet.fqdn, hashed with
-// the node's secret) with their port classes, the set's WEIR_SET_F_FQDN
-// flag, and the trusted resolvers. Also reads back what the kernel learned.
+// What the kernel tests write by hand for DNS-aware egress: the trusted
+// resolvers (when the test's model has no DNS Service) and set flags; the
+// weir_fqdn_keys key of a compiled key (the StateWriter writes the keys
+// themselves). Also reads back what the kernel learned.
 import {
   CONST,
   decodeFqdnLearnedKey,
@@ -10,8 +10,6 @@ import {
   encodeDnsKey,
   encodeDnsResolverKey,
   encodeDnsResolverValue,
-  encodeFqdnKeyValue,
-  encodePortClass,
   encodeSetValue,
   u32Key,
   type FqdnSlot,
@@ -21,16 +19,8 @@ import { nameHash } from '../../src/policy/fqdn-hash.js';
 import type { FqdnKey } from '../../src/policy/fqdn.js';
 import { addressBytes, bytesToAddress } from '../../src/policy/prefix.js';
 
-/**
- * Port classes for fqdn keys are taken from the top of weir_classes
- * downwards, far from the writer's allocator (which starts at 1).
- */
 export class FqdnWriter {
-  private nextClass: number;
-
-  constructor(private readonly dp: Datapath) {
-    this.nextClass = dp.capacities().classes - 1;
-  }
+  constructor(private readonly dp: Datapath) {}
 
   /** The weir_fqdn_keys key of a compiled key of set setId. */
   keyOf(setId: number, k: FqdnKey): Buffer {
@@ -38,16 +28,6 @@ export class FqdnWriter {
     return k.matcher.kind === 'name'
       ? encodeDnsKey({ setId, kind: CONST.WEIR_DNS_KEY_EXACT, hash: nameHash(secret, k.matcher.name) })
       : encodeDnsKey({ setId, kind: CONST.WEIR_DNS_KEY_WILDCARD, hash: nameHash(secret, k.matcher.suffix) });
-  }
-
-  /** Writes the keys (each with a class of its own), then sets WEIR_SET_F_FQDN on the set. */
-  writeSet(setId: number, keys: readonly FqdnKey[]): void {
-    for (const k of keys) {
-      const cls = this.nextClass--;
-      this.dp.map('weir_classes').update(u32Key(cls), encodePortClass(k.cls));
-      this.dp.map('weir_fqdn_keys').update(this.keyOf(setId, k), encodeFqdnKeyValue(cls));
-    }
-    this.setFlags(setId, CONST.WEIR_SET_F_FQDN, 0);
   }
 
   setFlags(setId: number, add: number, remove: number): void {
@@ -58,6 +38,7 @@ export class FqdnWriter {
     sets.update(u32Key(setId), encodeSetValue({ ...v, flags: (v.flags | add) & ~remove }));
   }
 
+  /** A trusted resolver the StateWriter does not know of (it never removes it). */
   addResolver(ip: string, port = 53): void {
     const a = addressBytes(ip);
     this.dp.map('weir_dns_resolvers').update(encodeDnsResolverKey({ family: a.family === 4 ? 2 : 10, port, addr: a.bytes }), encodeDnsResolverValue());
