@@ -14,6 +14,7 @@ import { ManifestSource } from '../sources/manifests.js';
 import type { BackoffOptions, KubernetesSource, KubernetesSourceError, ResourceStatus } from '../sources/kubernetes.js';
 import type { Source } from '../sources/source.js';
 import { PolicyEngine, type DesiredPod, type DesiredState } from '../policy/engine.js';
+import type { ResolverConfig } from '../policy/resolvers.js';
 import { bytesToAddress, type Family } from '../policy/prefix.js';
 import { REASON_BY_CODE, VERDICT_BY_CODE } from '../policy/verdict.js';
 import { HOOK_NAMES, type RawEvent } from '../datapath/abi.js';
@@ -70,6 +71,11 @@ export interface AgentOptions {
   metricsSeriesLingerMs?: number;
   /** How often weir_ct is walked (idle entries expired, the full flag updated). Default 5 s. */
   conntrackSweepMs?: number;
+  /**
+   * The trusted DNS resolvers for fqdn peers (--dns-service, --dns-resolvers):
+   * default the Service kube-system/kube-dns.
+   */
+  dnsResolvers?: ResolverConfig;
 }
 
 export interface AgentStatus {
@@ -177,7 +183,7 @@ export class Agent {
   ) {
     this.log = logger.child({ component: 'agent' });
     this.store = new ObjectStore({ logger: logger.child({ component: 'store' }) });
-    this.engine = new PolicyEngine(opts.nodeName);
+    this.engine = new PolicyEngine(opts.nodeName, opts.dnsResolvers ? { resolvers: opts.dnsResolvers } : {});
     this.metrics = new AgentMetrics(
       this.registry,
       {

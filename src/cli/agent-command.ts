@@ -1,10 +1,12 @@
 import { existsSync, statSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { Agent, parseHostPort, type AgentOptions } from '../agent/agent.js';
 import { defaultCgroupRoot } from '../datapath/cgroups.js';
 import { DEFAULT_CAPACITIES, type Capacities } from '../datapath/datapath.js';
 import { join } from 'node:path';
 import { DEFAULT_API_SOCKET } from '../agent/local-api.js';
 import { cleanup } from '../datapath/cleanup.js';
+import { DEFAULT_RESOLVERS, type ResolverConfig } from '../policy/resolvers.js';
 import { createLogger, LOG_LEVELS } from '../report/logger.js';
 import { parse, UsageError, type Command } from './main.js';
 
@@ -58,6 +60,13 @@ Options:
   --max-port-classes N   Capacity of the port class table (default ${DEFAULT_CAPACITIES.classes}).
   --max-conntrack N      Inbound flows tracked so that their replies pass (default
                          ${DEFAULT_CAPACITIES.conntrack}, 28 bytes + 8 per entry).
+  --dns-service NS/NAME  The cluster DNS Service for fqdn peers: its ClusterIPs on port 53
+                         and its ready backends on their target port are the trusted
+                         resolvers. Pods with fqdn rules may query them (implied), and only
+                         their answers teach the datapath addresses. Default:
+                         ${DEFAULT_RESOLVERS.service}. "none": no Service, only --dns-resolvers.
+  --dns-resolvers LIST   More trusted resolvers, comma-separated addresses answering on
+                         port 53 (e.g. a node-local DNS cache: 169.254.20.10). Default: none.
   --cleanup              Do not run: detach every program weir attached on this node and
                          remove its pins (BPFFS/weir or --pin-dir), and only those; then
                          exit. Enforcement stops. Run it before removing weir from a node.
@@ -76,6 +85,29 @@ function runCleanup(pinDir: string): number {
   if (r.detached.length + r.unpinned.length === 0 && r.leftAlone.length === 0) process.stdout.write(`nothing of weir's under ${pinDir}\n`);
   else process.stdout.write(r.removedDir ? `removed ${pinDir}; weir no longer enforces anything on this node\n` : `${pinDir} kept: it holds files weir did not make\n`);
   return 0;
+}
+
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+
+/** --dns-service and --dns-resolvers as the engine takes them. */
+export function parseResolverFlags(service: string | undefined, resolvers: string | undefined): ResolverConfig {
+  let svc = DEFAULT_RESOLVERS.service;
+  if (service !== undefined) {
+    if (service === 'none') svc = null;
+    else {
+      const [ns = '', name = '', ...rest] = service.split('/');
+      if (rest.length > 0 || !DNS_LABEL.test(ns) || !DNS_LABEL.test(name)) {
+        throw new UsageError(`--dns-service must be NAMESPACE/NAME (e.g. kube-system/kube-dns) or none, got ${JSON.stringify(service)}`);
+      }
+      svc = `${ns}/${name}`;
+    }
+  }
+  const addresses: string[] = [];
+  for (const a of (resolvers ?? '').split(',').map((x) => x.trim()).filter((x) => x !== '')) {
+    if (isIP(a) === 0) throw new UsageError(`--dns-resolvers takes IP addresses separated by commas (no ports, no CIDRs), got ${JSON.stringify(a)}`);
+    if (!addresses.includes(a)) addresses.push(a);
+  }
+  return { service: svc, addresses };
 }
 
 function positiveInt(name: string, v: string | undefined): number | undefined {
@@ -110,6 +142,8 @@ export const agentCommand: Command = {
       'max-trie-nodes': { type: 'string' },
       'max-port-classes': { type: 'string' },
       'max-conntrack': { type: 'string' },
+      'dns-service': { type: 'string' },
+      'dns-resolvers': { type: 'string' },
       cleanup: { type: 'boolean', default: false },
       // Hidden: load the BPF objects from another directory (upgrade tests).
       'objects-dir': { type: 'string' },
@@ -157,6 +191,7 @@ export const agentCommand: Command = {
     if (classes) capacities.classes = classes;
     const conntrack = positiveInt('max-conntrack', values['max-conntrack']);
     if (conntrack) capacities.conntrack = conntrack;
+    const dnsResolvers = parseResolverFlags(values['dns-service'], values['dns-resolvers']);
     const apiSocket = values['api-socket'] === 'off' ? null : (values['api-socket'] ?? DEFAULT_API_SOCKET);
     const opts: AgentOptions = {
       ...(manifests !== undefined
@@ -168,6 +203,7 @@ export const agentCommand: Command = {
       bpffs: values.bpffs ?? '/sys/fs/bpf',
       metricsAddr,
       capacities,
+      dnsResolvers,
     };
     if (values['pin-dir']) opts.pinDir = values['pin-dir'];
     if (values['objects-dir']) opts.objectsDir = values['objects-dir'];
