@@ -394,3 +394,109 @@ function describeOrigin(origin: ProbeOrigin): string {
   const { namespace, name } = parsePodRef(origin.pod);
   return `pod ${namespace}/${name}`;
 }
+
+/** One request to a long-running resolver (probe.ts `resolver` mode); fields as resolve-connect's flags. */
+export interface ResolveRequest {
+  name: string;
+  /** TCP port to connect to after resolving; none: resolve only. */
+  port?: number;
+  /** libc: getaddrinfo() with the pod's resolv.conf (default); udp: the probe's own stub query to `server`. */
+  via?: 'libc' | 'udp';
+  server?: string;
+  qtype?: 'A' | 'AAAA';
+  family?: 4 | 6;
+  pick?: 'first' | 'all' | 'none';
+  echo?: boolean;
+  edns?: boolean;
+  timeoutMs?: number;
+  /** udp only: the query's DNS id and source port (default random). */
+  queryId?: number;
+  localPort?: number;
+}
+
+/**
+ * A long-running resolver in a pod: resolve-then-connect trials one at a
+ * time, in order, without a process start each, and the netns TCP counters
+ * (`netstat()`: /proc/net/snmp and /proc/net/netstat of the pod's netns).
+ * Whoever starts it closes it; the sandbox kills it when destroyed.
+ */
+export class ResolverProbe {
+  readonly proc: ProbeProcess;
+  private nextId = 1;
+  private readonly pending = new Map<string, { resolve: (r: ProbeResult) => void; reject: (e: Error) => void }>();
+
+  private constructor(proc: ProbeProcess) {
+    this.proc = proc;
+    let buf = '';
+    proc.child.stdout?.on('data', (d: string) => {
+      buf += d;
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const raw = parseLine(buf.slice(0, nl));
+        buf = buf.slice(nl + 1);
+        if (raw?.event !== 'result') continue;
+        const p = this.pending.get(typeof raw.id === 'string' ? raw.id : '');
+        if (p === undefined) continue;
+        this.pending.delete(raw.id as string);
+        try {
+          p.resolve(toResult(raw));
+        } catch (e) {
+          p.reject(e instanceof Error ? e : new Error(String(e)));
+        }
+      }
+    });
+    proc.child.stdin?.on('error', () => {});
+    void proc.exited.then((status) => {
+      for (const p of this.pending.values()) p.reject(new Error(`resolver probe exited (${status ?? 'signal'}) ${proc.stderr.trim()}`));
+      this.pending.clear();
+    });
+  }
+
+  static async start(sandbox: Sandbox, origin: ProbeOrigin): Promise<ResolverProbe> {
+    const proc = new ProbeProcess(spawnProbe(sandbox, origin, ['resolver']));
+    try {
+      await proc.waitFor((e) => e.event === 'ready', 10_000);
+    } catch (e) {
+      await proc.stop();
+      throw e;
+    }
+    return new ResolverProbe(proc);
+  }
+
+  resolveConnect(req: ResolveRequest): Promise<ProbeResult> {
+    const { timeoutMs, ...rest } = req;
+    return this.send({ op: 'resolve-connect', ...rest, ...(timeoutMs !== undefined ? { timeout: timeoutMs } : {}) }, (timeoutMs ?? 2000) * 4 + 10_000);
+  }
+
+  /** The pod netns's TCP counters, e.g. TcpRetransSegs, TcpExtTCPSynRetrans. */
+  async netstat(): Promise<Record<string, number>> {
+    const r = await this.send({ op: 'netstat' }, 10_000);
+    return r.raw.counters as Record<string, number>;
+  }
+
+  async close(): Promise<void> {
+    this.proc.child.stdin?.end();
+    await this.proc.stop();
+  }
+
+  private send(req: Record<string, unknown>, guardMs: number): Promise<ProbeResult> {
+    const id = String(this.nextId++);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new Error(`resolver probe: no answer to ${JSON.stringify(req)} in ${guardMs} ms`));
+      }, guardMs);
+      this.pending.set(id, {
+        resolve: (r) => {
+          clearTimeout(timer);
+          resolve(r);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      });
+      this.proc.child.stdin?.write(`${JSON.stringify({ id, ...req })}\n`);
+    });
+  }
+}

@@ -11,7 +11,7 @@
 //   probe ping HOST [--timeout MS] [--count N] [--family 4|6] [--system]
 //   probe prober [--timeout MS] [--concurrency N]
 //   probe resolve-connect NAME [PORT] [--via libc|udp] [--server IP] [--qtype A|AAAA] [--family 4|6]
-//                               [--pick first|all|none] [--echo] [--no-edns] [--timeout MS]
+//                               [--pick first|all|none] [--echo] [--no-edns] [--timeout MS] [--id N] [--sport PORT]
 //   probe resolver
 //   probe dns-latency SERVER --name NAME... [--count N] [--warmup N] [--qtype A|AAAA]
 //   probe dns-inject --from IP --to IP --dport PORT --name NAME --answer ADDR... [--sport PORT] [--id N] [--ttl S]
@@ -50,7 +50,8 @@
 // pod's /etc/resolv.conf (Sandbox.setResolvConf) and, with glibc, sends the
 // A and AAAA queries from one socket; --via udp sends one query itself
 // (--qtype, to --server, with an EDNS0 OPT record unless --no-edns, from a
-// fresh connected socket as glibc does) and reads the answer, so the result
+// fresh connected socket as glibc does; --id and --sport fix the query's id
+// and source port) and reads the answer, so the result
 // also carries the answer records with their TTLs and the RCODE. Then TCP
 // connect to PORT at the first address of the answer (--pick first, the
 // default), at every address (all) or none. Result:
@@ -867,10 +868,17 @@ interface LookupOutcome {
 const RCODES: Record<number, string> = { 1: 'EFORMERR', 2: 'ESERVFAIL', 3: 'ENOTFOUND', 4: 'ENOTIMP', 5: 'EREFUSED' };
 
 /** One query from a fresh socket connect()ed to the server (glibc's way), and its answer. */
-function udpLookup(server: string, name: string, qtype: number, edns: boolean, timeoutMs: number): Promise<LookupOutcome> {
+function udpLookup(
+  server: string,
+  name: string,
+  qtype: number,
+  edns: boolean,
+  timeoutMs: number,
+  fixed: { id?: number | undefined; localPort?: number | undefined } = {},
+): Promise<LookupOutcome> {
   return new Promise((resolve) => {
     const t0 = performance.now();
-    const id = Math.floor(Math.random() * 0x10000);
+    const id = fixed.id ?? Math.floor(Math.random() * 0x10000);
     const sock = createSocket(isIP(server) === 6 ? 'udp6' : 'udp4');
     let settled = false;
     const end = (o: Omit<LookupOutcome, 'ms'>): void => {
@@ -901,10 +909,15 @@ function udpLookup(server: string, name: string, qtype: number, edns: boolean, t
       else if (addresses.length === 0) end({ ok: false, code: 'ENODATA', addresses, reply });
       else end({ ok: true, code: null, addresses, reply });
     });
-    sock.connect(53, server, (e?: Error) => {
-      if (e) end({ ok: false, code: errCode(e), addresses: [] });
-      else sock.send(dnsQuery(id, name, qtype, edns), (err) => err && end({ ok: false, code: errCode(err), addresses: [] }));
-    });
+    const go = (): void => {
+      sock.connect(53, server, (e?: Error) => {
+        if (e) end({ ok: false, code: errCode(e), addresses: [] });
+        else sock.send(dnsQuery(id, name, qtype, edns), (err) => err && end({ ok: false, code: errCode(err), addresses: [] }));
+      });
+    };
+    // A bind error (EADDRINUSE) arrives as an 'error' event.
+    if (fixed.localPort !== undefined) sock.bind(fixed.localPort, go);
+    else go();
   });
 }
 
@@ -950,6 +963,9 @@ interface ResolveRequest {
   echo: boolean;
   edns: boolean;
   timeoutMs: number;
+  /** udp only: the query's id and source port (default random), for tests that forge answers to it. */
+  queryId: number | undefined;
+  localPort: number | undefined;
 }
 
 async function resolveConnectOnce(req: ResolveRequest): Promise<ProbeOutcome> {
@@ -957,7 +973,7 @@ async function resolveConnectOnce(req: ResolveRequest): Promise<ProbeOutcome> {
   let look: LookupOutcome;
   if (req.via === 'udp') {
     if (req.server === undefined) throw new UsageError('resolve-connect --via udp needs --server');
-    look = await udpLookup(req.server, req.name, req.qtype, req.edns, req.timeoutMs);
+    look = await udpLookup(req.server, req.name, req.qtype, req.edns, req.timeoutMs, { id: req.queryId, localPort: req.localPort });
   } else {
     look = await libcLookup(req.name, req.family);
   }
@@ -1003,6 +1019,8 @@ function parseResolveArgs(args: Args): ResolveRequest {
     echo: args.bools.has('echo'),
     edns: !args.bools.has('no-edns'),
     timeout: num(args, 'timeout', 2000),
+    queryId: args.values.has('id') ? num(args, 'id', 0) : undefined,
+    localPort: args.values.has('sport') ? num(args, 'sport', 0) : undefined,
   });
 }
 
@@ -1019,6 +1037,14 @@ function checkResolveRequest(r: Record<string, unknown>): ResolveRequest {
   if (f !== undefined && f !== 4 && f !== 6) throw new UsageError('family must be 4 or 6');
   if (pick !== 'first' && pick !== 'all' && pick !== 'none') throw new UsageError('pick must be first, all or none');
   if (typeof timeout !== 'number' || !(timeout > 0)) throw new UsageError('bad timeout');
+  // (A request line's own "id" names the request; the DNS id is queryId.)
+  const { queryId, localPort } = r;
+  if (queryId !== undefined && (typeof queryId !== 'number' || !Number.isInteger(queryId) || queryId < 0 || queryId > 0xffff)) {
+    throw new UsageError(`bad queryId ${JSON.stringify(queryId)}`);
+  }
+  if (localPort !== undefined && (typeof localPort !== 'number' || !Number.isInteger(localPort) || localPort < 1 || localPort > 65535)) {
+    throw new UsageError(`bad localPort ${JSON.stringify(localPort)}`);
+  }
   return {
     name,
     port,
@@ -1030,6 +1056,8 @@ function checkResolveRequest(r: Record<string, unknown>): ResolveRequest {
     echo: r.echo === true,
     edns: r.edns !== false,
     timeoutMs: timeout,
+    queryId,
+    localPort,
   };
 }
 

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { validateObject } from '../../src/model/validate.js';
 import { Sandbox } from '../../src/sandbox/sandbox.js';
 import { dnsmasqConfig, exposeDnsService, kubeDnsManifests, startDnsServer, type DnsRecord, type SandboxDnsServer } from '../../src/sandbox/dns-server.js';
-import { runProbe, startProbeServer, type ProbeProcess } from '../../src/sandbox/probe-runner.js';
+import { ResolverProbe, runProbe, startProbeServer, type ProbeProcess } from '../../src/sandbox/probe-runner.js';
 
 const many: DnsRecord[] = Array.from({ length: 64 }, (_, i) => ({ name: 'many.models.example.com', type: 'A' as const, value: `203.0.113.${i + 1}` }));
 const records: DnsRecord[] = [
@@ -148,6 +148,23 @@ describe('sandbox DNS server (dnsmasq)', () => {
       expect(seen).toMatchObject({ remote: '10.96.0.53', remotePort: 53 });
     } finally {
       await listener.stop();
+    }
+  });
+
+  it('a long-running resolver probe: trials in order, a fixed query id and source port, the netns TCP counters', async () => {
+    const r = await ResolverProbe.start(sb, client);
+    try {
+      const n0 = await r.netstat();
+      expect(n0.TcpActiveOpens).toBeGreaterThanOrEqual(0);
+      expect(n0.TcpRetransSegs).toBeGreaterThanOrEqual(0);
+      for (let i = 0; i < 5; i++) expect((await r.resolveConnect({ name: 'api.models.example.com', port: 443, family: 4, echo: true })).ok).toBe(true);
+      const fixed = await r.resolveConnect({ name: 'api.models.example.com', via: 'udp', server: '10.96.0.10', queryId: 0x5151, localPort: 40053 });
+      expect(fixed.raw).toMatchObject({ ok: true, addresses: ['203.0.113.200'], connects: [] });
+      const n1 = await r.netstat();
+      expect((n1.TcpActiveOpens ?? 0) - (n0.TcpActiveOpens ?? 0)).toBe(5);
+      expect((await r.resolveConnect({ name: 'api.models.example.com', via: 'udp' })).raw).toMatchObject({ ok: false, code: 'EINVAL' });
+    } finally {
+      await r.close();
     }
   });
 
