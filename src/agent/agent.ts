@@ -14,7 +14,8 @@ import { ManifestSource } from '../sources/manifests.js';
 import type { BackoffOptions, KubernetesSource, KubernetesSourceError, ResourceStatus } from '../sources/kubernetes.js';
 import type { Source } from '../sources/source.js';
 import { PolicyEngine, type DesiredPod, type DesiredState } from '../policy/engine.js';
-import type { ResolverConfig } from '../policy/resolvers.js';
+import { DEFAULT_RESOLVERS, type ResolverConfig } from '../policy/resolvers.js';
+import { FqdnLearning, type FqdnStatus } from './fqdn-learning.js';
 import { bytesToAddress, type Family } from '../policy/prefix.js';
 import { REASON_BY_CODE, VERDICT_BY_CODE } from '../policy/verdict.js';
 import { HOOK_NAMES, type RawEvent } from '../datapath/abi.js';
@@ -92,7 +93,10 @@ export interface AgentStatus {
   pods: { enforced: number; pendingCgroup: number };
   workloads: { workload: string; pods: number }[];
   events: { sent: number; aggregated: number; lostKernel: number; lostObserve: number; observers: number };
+  /** Distinct names the pods learned from DNS (the details are in `fqdn`). */
   learnedNames: string[];
+  /** DNS-aware egress: whether it runs, the trusted resolvers, what each pod learned, map usage. */
+  fqdn: FqdnStatus;
   auditLog: { path: string; head: { seq: number; hash: string } | null } | null;
 }
 
@@ -166,6 +170,8 @@ export class Agent {
   private retryTimer: NodeJS.Timeout | null = null;
   private ctTimer: NodeJS.Timeout | null = null;
   private readonly ctExpired: Counter;
+  /** DNS records, the sweep of weir_fqdn_learned, and the status of what pods learned. */
+  private readonly fqdn: FqdnLearning;
   /** The last walk of weir_ct (sweepConntrack), for metrics and status. */
   private ct: { live: number; expired: number; capacity: number; full: boolean } | null = null;
   private scheduled: NodeJS.Immediate | null = null;
@@ -211,6 +217,21 @@ export class Agent {
       name: 'weir_conntrack_expired_total',
       help: 'Idle weir_ct entries the agent deleted (idle longer than the conntrack timeout: they could no longer pass a reply).',
       registers: [this.registry],
+    });
+    this.fqdn = new FqdnLearning({
+      datapath,
+      log: logger.child({ component: 'fqdn' }),
+      count: (kind, pod, n, reason) => this.metrics.fqdn(kind, pod, n, reason),
+      endpoint: (id) => {
+        const ep = this.endpoints.get(id);
+        return ep && { uid: ep.pod.metadata.uid ?? '', namespace: ep.namespace, name: ep.name, workload: ep.workload, domain: ep.domain, setKey: ep.setKey };
+      },
+      state: () => this.state,
+      refusedEvent: (e) => this.events?.fqdnRefused(e),
+      audit: (d) => this.auditRecord('fqdn-intent', d),
+      processName,
+      now: () => this.isoClock.now(),
+      resolverConfig: opts.dnsResolvers ?? DEFAULT_RESOLVERS,
     });
   }
 
@@ -283,6 +304,7 @@ export class Agent {
     this.datapath.startEvents(
       (events) => this.onEvents(events),
       (type) => this.metrics.unknownRecords.inc({ type: String(type) }),
+      (records) => this.fqdn.onRecords(records),
     );
     this.sweepConntrack();
     this.ctTimer = setInterval(() => this.sweepConntrack(), this.opts.conntrackSweepMs ?? CT_SWEEP_MS);
@@ -290,13 +312,21 @@ export class Agent {
     this.log.info({ generation: this.datapath.writer.generation, pods: this.endpoints.size }, 'agent ready');
   }
 
-  /** Expires idle weir_ct entries and keeps the datapath's "conntrack full" flag current. */
+  /**
+   * Expires idle weir_ct entries and keeps the datapath's "conntrack full"
+   * flag current; deletes weir_fqdn_learned slots expired and unused.
+   */
   private sweepConntrack(): void {
     try {
       this.ct = this.datapath.sweepConntrack();
       if (this.ct.expired > 0) this.ctExpired.inc(this.ct.expired);
     } catch (err) {
       this.log.error({ err }, 'walking weir_ct failed');
+    }
+    try {
+      this.fqdn.sweep();
+    } catch (err) {
+      this.log.error({ err }, 'walking weir_fqdn_learned failed');
     }
   }
 
@@ -406,7 +436,7 @@ export class Agent {
     if (!from || !to) throw new LocalApiError('from and to are required');
     if (!this.synced) throw new LocalApiError('the agent has not synced its model yet', 503);
     try {
-      return { generation: this.datapath.writer.generation, explanation: explain(this.store, from, to) };
+      return { generation: this.datapath.writer.generation, explanation: explain(this.store, from, to, { resolvers: this.opts.dnsResolvers ?? DEFAULT_RESOLVERS, learned: (uid, ip) => this.fqdn.learnedFor(uid, ip) }) };
     } catch (err) {
       if (err instanceof ExplainError) throw new LocalApiError(err.message);
       throw err;
@@ -444,8 +474,8 @@ export class Agent {
         lostObserve: this.observers.dropped,
         observers: this.observers.size,
       },
-      // FQDN peers are not built yet: there are no learned names to show.
-      learnedNames: [],
+      learnedNames: this.fqdn.learnedNames(),
+      fqdn: this.fqdn.status(),
       auditLog: this.opts.auditLog ? { path: this.opts.auditLog.path, head } : null,
     };
   }
@@ -718,6 +748,7 @@ export class Agent {
     return {
       weir_ct: { used: this.ct?.live ?? this.datapath.hashMapEntries('weir_ct'), capacity: c.conntrack },
       weir_agg: { used: this.datapath.hashMapEntries('weir_agg'), capacity: c.aggregation },
+      ...this.fqdn.mapUsage(),
     };
   }
 

@@ -21,7 +21,7 @@ import type { Violation } from '../agent/agent.js';
 import { canonicalJson, FixedShapeJson, sha256Hex, ZERO_HASH } from './canonical-json.js';
 
 /** Kinds the agent appends. Never reuse or rename one: old logs must keep verifying. */
-export const AUDIT_KINDS = ['violation', 'audit', 'policy', 'start', 'stop'] as const;
+export const AUDIT_KINDS = ['violation', 'audit', 'policy', 'start', 'stop', 'fqdn-intent'] as const;
 export type AuditKind = (typeof AUDIT_KINDS)[number];
 
 /** A policy generation reached the datapath. */
@@ -39,6 +39,23 @@ export type AgentLifecycle = {
   readonly [key: string]: unknown;
 };
 
+/**
+ * A pod under fqdn rules asked a trusted resolver for a name no rule of its
+ * policies allows (DNS-aware egress: the intent record), whether or not a
+ * connection followed.
+ */
+export type FqdnIntent = {
+  readonly time: string;
+  readonly namespace: string;
+  readonly pod: string;
+  readonly workload: string;
+  /** The name asked (lower case, no trailing dot). */
+  readonly name: string;
+  /** The queries this record stands for (the datapath aggregates per pod and name). */
+  readonly count: number;
+  readonly [key: string]: unknown;
+};
+
 /** The data each kind carries: 'audit' is a would-drop verdict of an Audit-mode policy. */
 export interface AuditData {
   violation: Violation;
@@ -46,6 +63,7 @@ export interface AuditData {
   policy: PolicyChange;
   start: AgentLifecycle;
   stop: AgentLifecycle;
+  'fqdn-intent': FqdnIntent;
 }
 
 export interface AuditRecord {

@@ -60,6 +60,12 @@ Options:
   --max-port-classes N   Capacity of the port class table (default ${DEFAULT_CAPACITIES.classes}).
   --max-conntrack N      Inbound flows tracked so that their replies pass (default
                          ${DEFAULT_CAPACITIES.conntrack}, 28 bytes + 8 per entry).
+  --max-fqdn-keys N      fqdn names and wildcards of all policy sets (default
+                         ${DEFAULT_CAPACITIES.fqdnKeys}); a set whose keys do not fit is refused whole.
+  --max-fqdn-learned N   (pod, address) pairs learned from DNS answers (default
+                         ${DEFAULT_CAPACITIES.fqdnLearned}, about 190 bytes each); when full, new addresses are
+                         refused (never evicted): their connections are dropped.
+  --max-dns-queries N    DNS queries awaiting their answer (default ${DEFAULT_CAPACITIES.dnsQueries}, LRU).
   --dns-service NS/NAME  The cluster DNS Service for fqdn peers: its ClusterIPs on port 53
                          and its ready backends on their target port are the trusted
                          resolvers. Pods with fqdn rules may query them (implied), and only
@@ -142,6 +148,9 @@ export const agentCommand: Command = {
       'max-trie-nodes': { type: 'string' },
       'max-port-classes': { type: 'string' },
       'max-conntrack': { type: 'string' },
+      'max-fqdn-keys': { type: 'string' },
+      'max-fqdn-learned': { type: 'string' },
+      'max-dns-queries': { type: 'string' },
       'dns-service': { type: 'string' },
       'dns-resolvers': { type: 'string' },
       cleanup: { type: 'boolean', default: false },
@@ -191,6 +200,12 @@ export const agentCommand: Command = {
     if (classes) capacities.classes = classes;
     const conntrack = positiveInt('max-conntrack', values['max-conntrack']);
     if (conntrack) capacities.conntrack = conntrack;
+    const fqdnKeys = positiveInt('max-fqdn-keys', values['max-fqdn-keys']);
+    if (fqdnKeys) capacities.fqdnKeys = fqdnKeys;
+    const fqdnLearned = positiveInt('max-fqdn-learned', values['max-fqdn-learned']);
+    if (fqdnLearned) capacities.fqdnLearned = fqdnLearned;
+    const dnsQueries = positiveInt('max-dns-queries', values['max-dns-queries']);
+    if (dnsQueries) capacities.dnsQueries = dnsQueries;
     const dnsResolvers = parseResolverFlags(values['dns-service'], values['dns-resolvers']);
     const apiSocket = values['api-socket'] === 'off' ? null : (values['api-socket'] ?? DEFAULT_API_SOCKET);
     const opts: AgentOptions = {

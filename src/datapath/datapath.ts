@@ -66,13 +66,17 @@ import {
   decodeDnsQueryKey,
   decodeEvent,
   decodeFqdnLearnedKey,
+  decodeFqdnLearnedValue,
   decodeNodeState,
   decodePerCpuCounter,
   decodePerCpuU64,
   encodeConfig,
+  encodeFqdnLearnedKey,
+  encodeFqdnLearnedValue,
   encodeNodeState,
   u32Key,
   type Counter,
+  type FqdnSlot,
   type NodeState,
   type RawDnsEvent,
   type RawEvent,
@@ -240,6 +244,24 @@ export interface EndpointCounters {
 }
 
 const VERDICT_NAMES = ['none', 'allow', 'drop', 'audit', 'reply'] as const;
+
+/** One (pod, address) of weir_fqdn_learned: the keys learned on it (non-empty slots). */
+export interface LearnedAddress {
+  endpointId: number;
+  /** AF_INET (2) or AF_INET6 (10). */
+  family: number;
+  addr: Uint8Array;
+  slots: FqdnSlot[];
+}
+
+/** A slot sweepFqdnLearned() deleted. */
+export interface ExpiredSlot {
+  endpointId: number;
+  family: number;
+  addr: Uint8Array;
+  kind: number;
+  hash: bigint;
+}
 
 export class Datapath {
   readonly writer: StateWriter;
@@ -645,6 +667,77 @@ export class Datapath {
       );
     }
     return { live, expired, capacity, full };
+  }
+
+  /**
+   * What the pods learned from DNS answers (weir_fqdn_learned), live and
+   * expired slots (empty ones left out). For status and explain; walks the map.
+   */
+  fqdnLearned(): LearnedAddress[] {
+    this.check();
+    const m = this.map('weir_fqdn_learned');
+    const d = m.dump();
+    const ks = SIZES.weir_fqdn_learned_key;
+    const vs = m.valueBufferSize;
+    const out: LearnedAddress[] = [];
+    for (let i = 0; i < d.count; i++) {
+      const k = decodeFqdnLearnedKey(d.keys.subarray(i * ks, (i + 1) * ks));
+      const slots = decodeFqdnLearnedValue(d.values.subarray(i * vs, (i + 1) * vs)).filter((x) => x.kind !== 0);
+      out.push({ endpointId: k.endpointId, family: k.family, addr: k.addr, slots });
+    }
+    return out;
+  }
+
+  /**
+   * Walks weir_fqdn_learned and deletes the slots that are expired and
+   * unused (last use, which the datapath refreshes at most once a second,
+   * older than the conntrack timeout): no new connection could use them,
+   * and an established flow idle that long is cut as an idle inbound flow
+   * would be. An entry left with no slot is deleted, freeing room (the map
+   * never evicts: full means refuse). A partly expired entry is rewritten
+   * from a fresh read with only those slots cleared, and only if it still
+   * exists (BPF_EXIST): the datapath writes slots in place, so a learn that
+   * lands between the read and the write is lost (fail closed: the pod's
+   * next answer teaches it again), never something let through.
+   */
+  sweepFqdnLearned(): { entries: number; capacity: number; expired: ExpiredSlot[]; addresses: LearnedAddress[] } {
+    this.check();
+    const m = this.map('weir_fqdn_learned');
+    const now = process.hrtime.bigint();
+    const dead = (x: FqdnSlot): boolean => x.kind !== 0 && now >= x.expiresNs && now - x.lastUseNs >= this.ctTimeoutNs;
+    const expired: ExpiredSlot[] = [];
+    const addresses: LearnedAddress[] = [];
+    let entries = 0;
+    const { BPF_EXIST } = bpfConstants();
+    for (const e of this.fqdnLearned()) {
+      entries++;
+      addresses.push(e);
+      if (!e.slots.some(dead)) continue;
+      const key = encodeFqdnLearnedKey({ endpointId: e.endpointId, family: e.family, addr: e.addr });
+      const raw = m.lookup(key);
+      if (!raw) {
+        entries--;
+        addresses.pop();
+        continue;
+      }
+      const slots = decodeFqdnLearnedValue(raw);
+      const gone = slots.filter(dead);
+      if (gone.length === 0) continue;
+      const left = slots.map((x) => (dead(x) ? { kind: 0, hash: 0n, expiresNs: 0n, lastUseNs: 0n } : x));
+      try {
+        if (left.every((x) => x.kind === 0)) {
+          if (m.delete(key)) entries--;
+          addresses.pop();
+        } else {
+          m.update(key, encodeFqdnLearnedValue(left), BPF_EXIST);
+          e.slots = left.filter((x) => x.kind !== 0);
+        }
+      } catch {
+        continue; // deleted meanwhile (ENOENT): nothing to clear
+      }
+      for (const x of gone) expired.push({ endpointId: e.endpointId, family: e.family, addr: e.addr, kind: x.kind, hash: x.hash });
+    }
+    return { entries, capacity: this.caps.fqdnLearned, expired, addresses };
   }
 
   /** weir_node as the programs see it. */

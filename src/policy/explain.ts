@@ -5,8 +5,11 @@
 import { isIP } from 'node:net';
 import ipaddr from 'ipaddr.js';
 import type { Pod } from '../model/types.js';
-import { podIPs } from './compile.js';
+import { BIT_E_DENY, classBits, podIPs } from './compile.js';
 import { PolicyEngine, describeBits, type DesiredState, type Explanation, type PolicyInputs } from './engine.js';
+import { describeRule } from './normalize.js';
+import type { ResolverConfig } from './resolvers.js';
+import { decide } from './verdict.js';
 
 const PROTOS: Record<string, number> = { TCP: 6, UDP: 17, SCTP: 132, ICMP: 1, ICMPV6: 58 };
 const PORTED = new Set([6, 17, 132]);
@@ -85,25 +88,66 @@ export function parseDestination(to: string, pods: Iterable<Pod>): Destination {
   return { ip, proto, protoName: name, port: PORTED.has(proto) ? port : null };
 }
 
+/** What the sending pod learned from DNS about the destination (explain against the running agent). */
+export interface LearnedEntry {
+  /** The fqdn key (a name, or `*.suffix`) of the pod's policy that the question matched; null when no key of its current policy has that hash. */
+  key: string | null;
+  /** The names the pod asked that were answered with this address, as far as the agent saw. */
+  names: string[];
+  expiresAt: string;
+  /** Expired: still there for packets of connections already allowed, not for new ones. */
+  expired: boolean;
+}
+
 export interface ExplainResult extends Omit<Explanation, 'reason'> {
   /** The engine's reasons, and `own-address`: a pod reaching its own IP is never judged (as loopback). */
   reason: Explanation['reason'] | 'own-address';
   from: string;
   to: Destination;
+  /** Present when the pod has learned the destination from DNS (fqdn peers). */
+  learned?: LearnedEntry[];
 }
 
-export function explain(inputs: PolicyInputs, from: string, to: string): ExplainResult {
-  const engine = new PolicyEngine(null);
+export interface ExplainOptions {
+  /** The trusted resolvers the agent uses (default: the Service kube-system/kube-dns). */
+  resolvers?: ResolverConfig;
+  /** What a pod has learned about an address (the agent's weir_fqdn_learned). */
+  learned?: (podUid: string, ip: string) => LearnedEntry[];
+}
+
+export function explain(inputs: PolicyInputs, from: string, to: string, opts: ExplainOptions = {}): ExplainResult {
+  const engine = new PolicyEngine(null, opts.resolvers ? { resolvers: opts.resolvers } : {});
   const state: DesiredState = engine.compute(inputs);
   const src = findPod(inputs.pods(), from);
   const dp = state.pods.find((p) => p.uid === src.metadata.uid);
   if (!dp) throw new ExplainError(`pod ${from} is not governed (no uid, host network, or finished)`);
   const dst = parseDestination(to, inputs.pods());
-  const e = engine.explain(state, dp, dst.ip, dst.proto, dst.port);
+  let e = engine.explain(state, dp, dst.ip, dst.proto, dst.port);
+  const learned = opts.learned?.(dp.uid, dst.ip) ?? [];
+  const set = state.sets.get(dp.setKey);
+  // As the datapath: what the pod learned counts only where the trie would
+  // not allow (never past an Enforce deny), and a new connection needs an
+  // unexpired entry; each key's class is that of the pod's current policy.
+  if (learned.length > 0 && set && e.verdict !== 'allow' && !(e.bits & BIT_E_DENY)) {
+    let bits = e.bits;
+    const matches = [...e.matches];
+    for (const l of learned) {
+      const k = l.expired || l.key === null ? undefined : set.fqdn?.find((x) => x.text === l.key);
+      const b = k ? classBits(k.cls, dst.proto, dst.port) : 0;
+      if (!k || b === 0) continue;
+      bits |= b;
+      for (const r of k.rules) {
+        const rule = `${describeRule(r.policy, r.rule)} (fqdn ${k.text}, learned from DNS)`;
+        if (!matches.some((m) => m.rule === rule)) matches.push({ policyId: r.policy.id, rule, kind: r.rule.kind, mode: r.policy.mode });
+      }
+    }
+    if (bits !== e.bits) e = { ...e, ...decide(set.flags, bits), bits, matches };
+  }
+  const extra = learned.length > 0 ? { learned } : {};
   // The datapath passes a pod's traffic to its own addresses like loopback
   // (Kubernetes never isolates a pod from itself); rules that match are still shown.
-  if (e.verdict !== 'allow' && podIPs(src).some((ip) => sameAddress(ip, dst.ip))) return { ...e, verdict: 'allow', reason: 'own-address', from, to: dst };
-  return { ...e, from, to: dst };
+  if (e.verdict !== 'allow' && podIPs(src).some((ip) => sameAddress(ip, dst.ip))) return { ...e, verdict: 'allow', reason: 'own-address', from, to: dst, ...extra };
+  return { ...e, from, to: dst, ...extra };
 }
 
 export function formatExplanation(r: ExplainResult): string {
@@ -116,6 +160,13 @@ export function formatExplanation(r: ExplainResult): string {
     for (const m of r.matches) lines.push(`  ${m.kind.padEnd(5)} ${m.rule} (${m.mode})`);
   } else if (r.selectedBy.length > 0) {
     lines.push('matching rules: none');
+  }
+  if (r.learned && r.learned.length > 0) {
+    lines.push('learned from DNS by this pod:');
+    for (const l of r.learned) {
+      const asked = l.names.length > 0 ? ` (asked: ${l.names.join(', ')})` : '';
+      lines.push(`  ${l.key ?? '(no fqdn key of its current policy)'}${asked}, ${l.expired ? `expired ${l.expiresAt}: only connections already allowed pass` : `until ${l.expiresAt}`}`);
+    }
   }
   return `${lines.join('\n')}\n`;
 }

@@ -64,6 +64,14 @@ export const ACTION_ENFORCE = 'Enforce';
 export const REASON_MAP_FULL = 'EgressDroppedMapFull';
 /** A drop because the pod's policy never compiled (weir reason not-compiled). */
 export const REASON_NOT_COMPILED = 'EgressDroppedPolicyNotCompiled';
+/**
+ * An address of a DNS answer the datapath did not learn for the pod (it
+ * already has 4 live names, or weir_fqdn_learned is full): connections to
+ * it are refused as to an unknown address.
+ */
+export const REASON_FQDN_REFUSED = 'FqdnLearnRefused';
+/** The Event's `action` for FqdnLearnRefused. */
+export const ACTION_LEARN_ADDRESS = 'LearnAddress';
 /** The Event's `action` for violations: egress of the regarding pod was denied (or would be, for audit). */
 export const ACTION_EGRESS = 'Egress';
 /** The Event's `action` for InvalidPolicy: loading the regarding policy failed. */
@@ -431,6 +439,30 @@ export class EventReporter {
       }));
     } catch (err) {
       this.log.error({ error: describeFailure(err) }, 'could not record a pod not enforced for a Kubernetes Event');
+    }
+  }
+
+  /**
+   * Reports an address a pod's DNS answer carried that the datapath could
+   * not learn (a Warning Event regarding the pod, reason FqdnLearnRefused),
+   * one series per pod, name and reason; the note names the first address.
+   */
+  fqdnRefused(p: { namespace: string; pod: string; podUid?: string; name: string; address: string; reason: string; count: number }): void {
+    try {
+      const count = Number.isFinite(p.count) && p.count >= 1 ? Math.floor(p.count) : 1;
+      if (this.stopping || p.namespace === '' || p.pod === '') return;
+      const uid = p.podUid ?? '';
+      const key = JSON.stringify(['f', p.namespace, p.pod, uid, p.name, p.reason]);
+      const why = p.reason === 'map-full' ? 'weir_fqdn_learned is full on this node' : 'the address already has 4 live names for this pod';
+      this.record(key, count, () => ({
+        namespace: p.namespace,
+        regarding: { apiVersion: 'v1', kind: 'Pod', namespace: p.namespace, name: p.pod, ...(uid !== '' ? { uid } : {}) },
+        reason: REASON_FQDN_REFUSED,
+        action: ACTION_LEARN_ADDRESS,
+        note: truncateUtf8(`address ${p.address} of ${p.name} not learned: ${why}; connections to it are refused`, NOTE_MAX_BYTES),
+      }));
+    } catch (err) {
+      this.log.error({ error: describeFailure(err) }, 'could not record a refused DNS answer for a Kubernetes Event');
     }
   }
 

@@ -114,6 +114,8 @@ export const STAT_METRICS: Record<
 
 type Labels = Record<string, string>;
 
+export type FqdnCounterKind = 'learned' | 'refused' | 'expired' | 'notAllowed';
+
 function keyOf(l: Labels): string {
   return JSON.stringify(Object.entries(l).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
 }
@@ -165,6 +167,8 @@ export class AgentMetrics {
   readonly mapWrites: Counter<'what'>;
   /** What the first apply after start changed in the pinned maps it adopted. */
   readonly reconcileEntries: Counter<'map' | 'action'>;
+  /** DNS learning per workload, from the datapath's DNS records and the agent's sweep (see fqdn()). */
+  private readonly fqdnCounters: Record<FqdnCounterKind, Counter<string>>;
 
   private readonly lingerMs: number;
   private readonly now: () => number;
@@ -176,6 +180,8 @@ export class AgentMetrics {
   private readonly workloads = new Map<string, { key: Labels; goneSince: number | null }>();
   private readonly policiesGone = new Map<string, number>();
   private slowMaps: { at: number; usage: Record<string, MapUsage> } | null = null;
+  /** Series of the fqdn counters, and since when their (namespace, workload) has had no pod here. */
+  private readonly fqdnSeries = new Map<string, { kind: FqdnCounterKind; labels: Labels; goneSince: number | null }>();
 
   constructor(
     registry: Registry,
@@ -380,6 +386,36 @@ export class AgentMetrics {
       registers,
     });
     for (const map of RECONCILE_MAPS) for (const action of RECONCILE_ACTIONS) this.reconcileEntries.inc({ map, action }, 0);
+    // Per workload, from the DNS records (one per newly learned name on an
+    // address; refusals and intents carry how many they stand for). The
+    // node totals, exact even when records are lost, are
+    // weir_datapath_fqdn_addresses_total and weir_datapath_dns_queries_total.
+    this.fqdnCounters = {
+      learned: new Counter({
+        name: 'weir_fqdn_learned_total',
+        help: 'Names newly learned on an address from a DNS answer (DNS-aware egress), by workload: the pod may reach the address on what its fqdn rules allow until the record expires. Refreshes are not counted.',
+        labelNames: ['namespace', 'workload'],
+        registers,
+      }),
+      refused: new Counter({
+        name: 'weir_fqdn_refused_total',
+        help: 'Addresses of DNS answers that were not learned, by workload and reason: slots-full (the address already has 4 live names for the pod) or map-full (weir_fqdn_learned is full). Connections to them are refused as to an unknown address.',
+        labelNames: ['namespace', 'workload', 'reason'],
+        registers,
+      }),
+      expired: new Counter({
+        name: 'weir_fqdn_expired_total',
+        help: 'Learned names the agent deleted from weir_fqdn_learned, by workload: expired (TTL, clamped, plus grace) and unused for longer than the conntrack timeout.',
+        labelNames: ['namespace', 'workload'],
+        registers,
+      }),
+      notAllowed: new Counter({
+        name: 'weir_fqdn_queries_not_allowed_total',
+        help: 'DNS queries of pods under fqdn rules for a name no rule of theirs allows (an attempt to reach an unapproved destination, e.g. a model API), by workload. Each is logged and audited; its answer teaches nothing.',
+        labelNames: ['namespace', 'workload'],
+        registers,
+      }),
+    };
     new Gauge({
       name: 'weir_build_info',
       help: 'Build information of the agent (always 1).',
@@ -437,12 +473,15 @@ export class AgentMetrics {
 
       const live = new Set<string>();
       const raw = new Set<string>();
+      const liveFqdn = new Set<string>();
       for (const w of this.sources.liveWorkloads()) {
         live.add(workloadKeyOf(w));
         raw.add(`${w.namespace}\n${w.workload}`);
+        liveFqdn.add(`${w.namespace}\n${workloadLabel(w.workload)}`);
       }
       workloadsKnown.set(raw.size);
       this.sweep(live, [deltas.packets, deltas.bytes, deltas.sockets]);
+      this.sweepFqdn(liveFqdn, t);
     };
 
     if (info.processMetrics !== false) {
@@ -468,6 +507,33 @@ export class AgentMetrics {
     this.violations.inc(labels, count);
     this.violationSeries.set(keyOf(labels), labels);
     this.touchWorkload(labels);
+  }
+
+  /**
+   * Counts DNS-learning outcomes of a workload: learned, refused (with
+   * `reason`), expired, notAllowed (queries for names no rule allows).
+   * Series of a workload gone from the node go after the linger, like the
+   * others.
+   */
+  fqdn(kind: FqdnCounterKind, w: { namespace: string; workload: string }, n = 1, reason?: string): void {
+    if (n <= 0) return;
+    const labels: Labels = { namespace: w.namespace, workload: workloadLabel(w.workload), ...(reason !== undefined ? { reason } : {}) };
+    this.fqdnCounters[kind].inc(labels, n);
+    const k = `${kind}\n${keyOf(labels)}`;
+    const s = this.fqdnSeries.get(k);
+    if (s) s.goneSince = null;
+    else this.fqdnSeries.set(k, { kind, labels, goneSince: null });
+  }
+
+  private sweepFqdn(live: Set<string>, t: number): void {
+    for (const [k, s] of this.fqdnSeries) {
+      if (s.labels.workload === '' || live.has(`${s.labels.namespace}\n${s.labels.workload}`)) s.goneSince = null;
+      else if (s.goneSince === null) s.goneSince = t;
+      if (s.goneSince !== null && t - s.goneSince >= this.lingerMs) {
+        this.fqdnCounters[s.kind].remove(s.labels);
+        this.fqdnSeries.delete(k);
+      }
+    }
   }
 
   /** Keeps a departing pod's final kernel counts in the exported totals. */

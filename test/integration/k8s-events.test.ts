@@ -212,6 +212,25 @@ describe('EventReporter', () => {
     });
   });
 
+  test('an address of a DNS answer not learned: FqdnLearnRefused regarding the pod, one series per name and reason with every refusal counted', async () => {
+    const r = newReporter({ firstWriteDelayMs: 60_000, flushIntervalMs: 60_000 });
+    r.fqdnRefused({ namespace: 'ml-train', pod: 'trainer-0', podUid: 'u0', name: 'api.models.example.com', address: '192.0.2.10', reason: 'slots-full', count: 2 });
+    r.fqdnRefused({ namespace: 'ml-train', pod: 'trainer-0', podUid: 'u0', name: 'api.models.example.com', address: '192.0.2.11', reason: 'slots-full', count: 1 });
+    r.fqdnRefused({ namespace: 'ml-train', pod: 'trainer-0', podUid: 'u0', name: 'api.models.example.com', address: '192.0.2.12', reason: 'map-full', count: 1 });
+    await r.flush();
+    const got = events().sort((a, b) => String(a['note']).localeCompare(String(b['note'])));
+    expect(got).toHaveLength(2);
+    expect(got[0]).toMatchObject({
+      type: 'Warning',
+      reason: 'FqdnLearnRefused',
+      action: 'LearnAddress',
+      regarding: { kind: 'Pod', namespace: 'ml-train', name: 'trainer-0', uid: 'u0' },
+      note: 'address 192.0.2.10 of api.models.example.com not learned: the address already has 4 live names for this pod; connections to it are refused',
+      series: { count: 3 },
+    });
+    expect(got[1]).toMatchObject({ note: 'address 192.0.2.12 of api.models.example.com not learned: weir_fqdn_learned is full on this node; connections to it are refused' });
+  });
+
   test('InvalidPolicy: a Warning Event regarding the policy (cluster-scoped ones in default); the same problem again raises its series', async () => {
     const r = newReporter({ firstWriteDelayMs: 60_000, flushIntervalMs: 60_000 });
     r.invalidPolicy({ kind: 'EgressPolicy', namespace: 'ml-train', name: 'train-data', uid: 'pol-uid', message: 'spec.egress[0].to[0].ipBlock.cidr: invalid CIDR "10.0.0.0/33"' });

@@ -102,6 +102,20 @@ describe('AuditLog', () => {
     expect((await verifyAuditLog(file)).ok).toBe(true);
   });
 
+  it('an fqdn-intent record (a query for a name no rule allows) is chained like the others and verifies', async () => {
+    const log = await AuditLog.open(file, quiet);
+    log.append('violation', violation(1));
+    log.append('fqdn-intent', {
+      time: '2026-01-01T00:00:01.000Z', namespace: 'ml', pod: 'model-0', workload: 'StatefulSet/model', domain: 'prod-model',
+      name: 'api.unapproved.example', qtype: 'A', resolver: '10.96.0.10', pid: 42, command: 'python3', count: 2, policy: 'EgressPolicy/ml/p',
+    });
+    log.append('violation', violation(2));
+    await log.close();
+    expect(lines().map((l) => record(l).kind)).toEqual(['violation', 'fqdn-intent', 'violation', 'checkpoint']);
+    expect(record(lines()[1] ?? '').data).toMatchObject({ name: 'api.unapproved.example', count: 2 });
+    expect(await verifyAuditLog(file)).toMatchObject({ ok: true, records: 4 });
+  });
+
   it('close() loses nothing when 10,000 appends are in flight, across rotations too', async () => {
     const log = await AuditLog.open(file, { ...quiet, checkpointEvery: 1000, maxBytes: 256 * 1024, maxFiles: 1000 });
     for (let i = 1; i <= 10_000; i++) log.append('violation', violation(i));

@@ -47,6 +47,9 @@ class FakeNode implements MetricsSources {
     this.pods.set(p.uid, pod);
     // Every pod gets a violation too, so every label path is exercised.
     this.metrics.violation({ namespace: p.namespace, workload: p.workload, domain: p.domain, verdict: 'drop', reason: 'default-deny', policy: 'EgressPolicy/ml/train-data' }, 2);
+    // And every DNS-learning outcome: those series follow the workload too.
+    for (const kind of ['learned', 'expired', 'notAllowed'] as const) this.metrics.fqdn(kind, p, 1);
+    this.metrics.fqdn('refused', p, 2, 'slots-full');
     return pod;
   }
 
