@@ -1,6 +1,7 @@
 // AgentMetrics driven by hand: bounded labels, exact kernel totals, and
 // series of departed workloads removed, so churn leaves the series count flat.
 import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
 import { STAT_NAMES } from '../../src/datapath/abi.js';
@@ -208,6 +209,15 @@ describe('AgentMetrics', () => {
     text = await registry.metrics();
     expect(value(text, 'weir_datapath_events_total', { outcome: 'lost' })).toBe(7);
     expect(value(text, 'weir_events_dropped_userspace_total', { consumer: 'observe' })).toBe(3);
+  });
+
+  it('every metric AgentMetrics exports is documented in docs/metrics.md (the fqdn ones included)', async () => {
+    const registry = new Registry();
+    new AgentMetrics(registry, { kernelCounts: () => [], kernelStats: () => ({}), mapUsage: () => ({}), liveWorkloads: () => [] }, { version: 'v', node: 'n', processMetrics: false });
+    const doc = readFileSync(new URL('../../docs/metrics.md', import.meta.url), 'utf8');
+    const names = (await registry.getMetricsAsJSON()).map((m) => m.name);
+    expect(names).toEqual(expect.arrayContaining(['weir_fqdn_learned_total', 'weir_fqdn_refused_total', 'weir_fqdn_expired_total', 'weir_fqdn_queries_not_allowed_total']));
+    expect(names.filter((n) => !doc.includes(`| \`${n}\` |`))).toEqual([]);
   });
 
   it('every kernel stat the datapath keeps is exported', () => {
