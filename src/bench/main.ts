@@ -1,6 +1,6 @@
 // `npm run bench`: runs the benchmark suites, prints a table and writes JSON
 // and Markdown results to bench/results/. `--quick` runs a reduced matrix.
-import { cpus, totalmem, release } from 'node:os';
+import { cpus, totalmem, release, loadavg } from 'node:os';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -11,6 +11,7 @@ import { footprint, footprintMarkdown } from './footprint.js';
 import { events, eventsMarkdown } from './events.js';
 import { throughput, throughputMarkdown } from './throughput.js';
 import { install, installMarkdown } from './install.js';
+import { writeCharts } from './chart.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -50,6 +51,8 @@ function propagationMarkdown(rows: PropagationRow[], m: Record<string, string | 
     '',
     `Machine: ${m.cpu}, ${m.cores} cores, kernel ${m.kernel}, Node ${m.node}. Command: \`${cmd}\`. Target: p99 under 100 ms.`,
     '',
+    'policy-edit and pod-label change the agent\'s ObjectStore directly (where both sources deliver); policy-file writes a manifest into the --manifests directory (inotify, the source\'s 100 ms debounce, re-scan, then the same pipeline). Not measured: the Kubernetes API source, and the first packet whose verdict changes.',
+    '',
     '| pods | policies | change | samples | p50 ms | p99 ms | max ms |',
     '|---:|---:|---|---:|---:|---:|---:|',
     ...rows.map((r) => `| ${r.pods} | ${r.policies} | ${r.change} | ${r.samples} | ${r.p50Ms.toFixed(1)} | ${r.p99Ms.toFixed(1)} | ${r.maxMs.toFixed(1)} |`),
@@ -61,56 +64,93 @@ async function main(): Promise<void> {
   const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false }, out: { type: 'string' }, suite: { type: 'string', multiple: true } } });
   const want = (s: string): boolean => !values.suite || values.suite.includes(s);
   const quick = values.quick ?? false;
-  const cmd = `npm run bench${quick ? ' -- --quick' : ''}`;
+  const args = process.argv.slice(2);
+  // The command as it was really run: `npm run bench` only when npm ran it.
+  const cmd = process.env.npm_lifecycle_event === 'bench' ? `npm run bench${args.length > 0 ? ` -- ${args.join(' ')}` : ''}` : `node dist/bench/main.js${args.length > 0 ? ` ${args.join(' ')}` : ''}`;
   const m = machine();
   console.log(`weir bench (${quick ? 'quick' : 'full'}) on ${m.cpu}, ${m.cores} cores, kernel ${m.kernel}`);
   const started = Date.now();
   const out = values.out ?? join(root, 'bench', 'results');
   mkdirSync(out, { recursive: true });
   const stamp = quick ? 'quick' : 'full';
+  const timings: Array<{ suite: string; seconds: number; error?: string; load: string }> = [];
+  const load = (): string => loadavg().map((x) => x.toFixed(2)).join(' ');
+  // Each suite is timed; one that fails is recorded and the others still run.
+  const timed = async (suite: string, fn: () => Promise<void>): Promise<void> => {
+    if (!want(suite)) return;
+    const t0 = Date.now();
+    const before = load();
+    try {
+      await fn();
+      timings.push({ suite, seconds: (Date.now() - t0) / 1000, load: `${before} → ${load()}` });
+    } catch (err) {
+      timings.push({ suite, seconds: (Date.now() - t0) / 1000, error: (err as Error).message, load: `${before} → ${load()}` });
+      console.error(`suite ${suite} failed: ${(err as Error).stack ?? String(err)}`);
+      process.exitCode = 1;
+    }
+    const last = timings[timings.length - 1];
+    console.log(`suite ${suite}: ${last?.seconds.toFixed(1)} s${last?.error ? ' (FAILED)' : ''}`);
+  };
   const save = (name: string, rows: unknown, md: string): void => {
     writeFileSync(join(out, `${name}-${stamp}.json`), `${JSON.stringify({ machine: m, command: cmd, date: new Date().toISOString(), rows }, null, 2)}\n`);
     writeFileSync(join(out, `${name}-${stamp}.md`), md);
   };
-  if (want('packet-cost')) {
+  await timed('packet-cost', async () => {
     console.log('suite 1: per-packet cost');
     const rows = await packetCost({ quick, log: (l) => console.log(l) });
     save('packet-cost', rows, markdown(rows, m, cmd));
-  }
-  if (want('throughput')) {
+  });
+  await timed('throughput', async () => {
     console.log('suite 2: throughput and latency over veth (sandbox node)');
     const res = await throughput({ quick, log: (l) => console.log(l) });
     const md = throughputMarkdown(res, m, cmd);
     save('throughput', res, md);
     console.log(md);
-  }
-  if (want('install')) {
+  });
+  await timed('install', async () => {
     console.log('suite 3: rule install and update time');
     const res = await install({ quick, log: (l) => console.log(l) });
     const md = installMarkdown(res, m, cmd);
     save('install', res, md);
     console.log(md);
-  }
-  if (want('propagation')) {
+  });
+  await timed('propagation', async () => {
     console.log('suite 4: propagation (model change -> maps written)');
     const rows = await propagation({ quick, log: (l) => console.log(l) });
     save('propagation', rows, propagationMarkdown(rows, m, cmd));
-  }
-  if (want('footprint')) {
+  });
+  await timed('footprint', async () => {
     console.log('suite 5: footprint (agent RSS and CPU, BPF map memory)');
     const res = await footprint({ quick, log: (l) => console.log(l) });
     const md = footprintMarkdown(res, m, cmd);
     save('footprint', res, md);
     console.log(md);
-  }
-  if (want('events')) {
+  });
+  await timed('events', async () => {
     console.log('suite 6: event pipeline (violation events per second, loss accounting)');
     const res = await events({ quick, log: (l) => console.log(l) });
     const md = eventsMarkdown(res, m, cmd);
     save('events', res, md);
     console.log(md);
-  }
-  console.log(`\nresults in ${out} (${((Date.now() - started) / 1000).toFixed(0)} s)`);
+  });
+  for (const f of writeCharts(out)) console.log(`chart: ${f}`);
+  const total = (Date.now() - started) / 1000;
+  const summary = [
+    `# Bench wall time (${stamp})`,
+    '',
+    `Machine: ${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB, kernel ${m.kernel}, Node ${m.node}. Command: \`${cmd}\`. Date: ${new Date(started).toISOString()}.`,
+    `Budget: ${quick ? '2' : '15'} minutes for all suites. Load average (1, 5, 15 min) before → after each suite shown; the machine is shared.`,
+    '',
+    '| suite | wall time | load average | status |',
+    '|---|---:|---|---|',
+    ...timings.map((t) => `| ${t.suite} | ${t.seconds.toFixed(1)} s | ${t.load} | ${t.error ? `failed: ${t.error.replace(/\|/g, '\\|').slice(0, 200)}` : 'ok'} |`),
+    `| **total** | **${total.toFixed(1)} s (${(total / 60).toFixed(1)} min)** | | |`,
+    '',
+  ].join('\n');
+  console.log(`\n${summary}`);
+  // Only a run of every suite is the summary of the mode; a run of some suites prints its times only.
+  if (!values.suite) writeFileSync(join(out, `summary-${stamp}.md`), summary);
+  console.log(`\nresults in ${out} (${total.toFixed(0)} s)`);
 }
 
 main().catch((err: unknown) => {

@@ -1,7 +1,13 @@
 // Propagation: time from a model change (a policy edit, a pod label change)
 // to the datapath maps being written, through the agent's real pipeline
 // (store change -> recompile -> state writer), with the real datapath loaded.
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+// `policy-edit` and `pod-label` change the ObjectStore directly, which is
+// where both sources (manifests, Kubernetes API) deliver; `policy-file`
+// writes a manifest into the --manifests directory and so adds the source's
+// own path (inotify, its 100 ms debounce, the re-scan). The Kubernetes API
+// source is not measured here: the stand-in API server is test code
+// (test/helpers/fake-apiserver.ts), outside what src/ compiles.
+import { mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
@@ -16,7 +22,7 @@ import { removeCgroupTree } from '../sandbox/cgroup.js';
 export interface PropagationRow {
   pods: number;
   policies: number;
-  change: 'policy-edit' | 'pod-label';
+  change: 'policy-edit' | 'pod-label' | 'policy-file';
   samples: number;
   p50Ms: number;
   p99Ms: number;
@@ -54,7 +60,7 @@ export async function propagation(opts: { quick: boolean; log: (l: string) => vo
     for (let i = 0; i < pods; i++) mkdirSync(join(podsRoot, `pod${uid(i)}`));
     const agent = await Agent.start(
       { manifests, nodeName: 'n1', cgroupRoot: cgRoot, bpffs, pinDir, metricsAddr: null, capacities: { pods: pods + 16, endpoints: pods + 16, nodes: 65536 } },
-      pino({ level: 'silent' }),
+      pino({ level: process.env.WEIR_BENCH_LOG ?? 'silent' }),
     );
     try {
       const store = agent.store;
@@ -70,11 +76,10 @@ export async function propagation(opts: { quick: boolean; log: (l: string) => vo
           }),
         );
       }
-      const policy = (p: number, port: number): KubeObject =>
-        obj({
+      const rawPolicy = (p: number, port: number, name = `pol${p}`): Record<string, unknown> => ({
           apiVersion: 'weir.dev/v1alpha1',
           kind: 'EgressPolicy',
-          metadata: { name: `pol${p}`, namespace: `ns${p % NAMESPACES}` },
+          metadata: { name, namespace: `ns${p % NAMESPACES}` },
           spec: {
             podSelector: { matchLabels: { app: `app${p % 50}` } },
             egress: [
@@ -85,6 +90,15 @@ export async function propagation(opts: { quick: boolean; log: (l: string) => vo
             deny: [{ to: [{ ipBlock: { cidr: '0.0.0.0/0', except: ['10.0.0.0/8', '172.16.0.0/12'] } }] }],
           },
         });
+      const policy = (p: number, port: number): KubeObject => obj(rawPolicy(p, port));
+      // A manifest replaced the way an editor or a ConfigMap update does it: written aside (dotfiles are skipped), renamed over.
+      const writeManifest = (port: number): void => {
+        const tmp = join(manifests, '.file-pol.json.tmp');
+        // Every pod of ns0 (the pod-label samples move pods between apps, so an app selector may select none).
+        const raw = rawPolicy(0, port, 'file-pol');
+        writeFileSync(tmp, JSON.stringify({ ...raw, spec: { ...(raw.spec as object), podSelector: {} } }));
+        renameSync(tmp, join(manifests, 'file-pol.json'));
+      };
       for (let p = 0; p < 200; p++) store.upsert(policy(p, 443));
       await agent.reconcile();
 
@@ -94,6 +108,7 @@ export async function propagation(opts: { quick: boolean; log: (l: string) => vo
           const gen = agent.datapath.writer.generation;
           const t0 = process.hrtime.bigint();
           if (change === 'policy-edit') store.upsert(policy(s % 200, 1000 + s));
+          else if (change === 'policy-file') writeManifest(2000 + s);
           else {
             const i = (s * 7) % pods;
             const cur = store.get('Pod', `ns${i % NAMESPACES}`, `pod${i}`);
@@ -118,6 +133,14 @@ export async function propagation(opts: { quick: boolean; log: (l: string) => vo
       };
       rows.push(await measure('policy-edit'));
       rows.push(await measure('pod-label'));
+      // The file policy's first version, applied before timing its edits.
+      const gen0 = agent.datapath.writer.generation;
+      writeManifest(1999);
+      for (const deadline = Date.now() + 10_000; agent.datapath.writer.generation === gen0; ) {
+        if (Date.now() > deadline) throw new Error('propagation: the first manifest was not applied within 10 s');
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      rows.push(await measure('policy-file'));
     } finally {
       agent.datapath.uninstall();
       await agent.stop();
