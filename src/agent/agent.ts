@@ -569,6 +569,7 @@ export class Agent {
     this.updatePending(pending, state.pods);
     const res = this.datapath.writer.apply(state, bindings);
     this.state = state;
+    this.fqdn.afterApply(state);
     this.policyModes = new Map(state.policies.map((p) => [p.id, p.mode]));
     for (const f of res.failedSets) {
       this.metrics.syncErrors.inc({ kind: 'datapath' });

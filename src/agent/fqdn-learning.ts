@@ -111,8 +111,41 @@ export class FqdnLearning {
   /** The last sweep's count of weir_fqdn_learned entries (metrics read it; no walk of their own). */
   private entries: number | null = null;
   private hashes: { secret: bigint; bySet: WeakMap<DesiredSet, Map<string, string>> } | null = null;
+  /** What afterApply() last warned about, so each problem is logged once per occurrence. */
+  private warned = { noResolver: false, noLearning: false };
 
   constructor(private readonly deps: FqdnLearningDeps) {}
+
+  /**
+   * After each policy write: warns (once, until it changes) when policies
+   * have fqdn peers but nothing can be learned for them: no trusted resolver
+   * is known (the DNS Service missing or without ready backends), or the
+   * DNS-learning programs are not loaded (kernel before 5.17).
+   */
+  afterApply(state: DesiredState): void {
+    const policies = new Set<string>();
+    for (const set of state.sets.values()) if ((set.fqdn?.length ?? 0) > 0) for (const p of set.policies) policies.add(p.id);
+    const used = policies.size > 0;
+    const noResolver = used && (state.resolvers?.length ?? 0) === 0;
+    if (noResolver !== this.warned.noResolver) {
+      this.warned.noResolver = noResolver;
+      const cfg = this.deps.resolverConfig;
+      if (noResolver) {
+        this.deps.log.warn(
+          { policies: [...policies].slice(0, 10), dnsService: cfg.service, dnsResolvers: cfg.addresses },
+          'policies have fqdn peers but no trusted DNS resolver is known (the DNS Service is missing or has no ready backend; see --dns-service, --dns-resolvers): their names are not learned, so they allow nothing but DNS',
+        );
+      } else if (used) this.deps.log.info({ resolvers: state.resolvers?.length ?? 0 }, 'trusted DNS resolvers known again');
+    }
+    const noLearning = used && !this.deps.datapath.fqdnLearning;
+    if (noLearning && !this.warned.noLearning) {
+      this.deps.log.warn(
+        { policies: [...policies].slice(0, 10), reason: this.deps.datapath.fqdnLearningUnavailable },
+        'policies have fqdn peers but DNS learning is not loaded on this node: their fqdn peers allow only the DNS queries they imply',
+      );
+    }
+    this.warned.noLearning = noLearning;
+  }
 
   /** One batch of WEIR_REC_DNS records from the ring buffer. */
   onRecords(records: RawDnsEvent[]): void {

@@ -975,7 +975,8 @@ export class StateWriter {
   fqdnKeyOf(setId: number, k: FqdnKey): Buffer {
     if (!this.dnsSecret) throw new Error('StateWriter: no DNS secret (caps.dnsSecret)');
     const secret = this.dnsSecret();
-    if (this.hashes?.secret !== secret) this.hashes = { secret, byText: new Map() };
+    // Texts of removed policies are not tracked: the memo starts over when it outgrows the map.
+    if (this.hashes?.secret !== secret || this.hashes.byText.size > 2 * (this.maps.fqdnKeys?.maxEntries ?? 0)) this.hashes = { secret, byText: new Map() };
     let hash = this.hashes.byText.get(k.text);
     if (hash === undefined) {
       // Exact: the hash of the name; `*.s`: the hash of s, kind wildcard.

@@ -195,6 +195,22 @@ describe('status and explain', () => {
   });
 });
 
+describe('after each policy write', () => {
+  it('warns once when policies have fqdn peers but no trusted resolver is known, and says when one is back', () => {
+    const state = bed.engine.compute(bed.store);
+    const warnings = (): number => logs.filter((l) => /no trusted DNS resolver is known/.test(l.msg)).length;
+    fqdn.afterApply(state);
+    expect(warnings()).toBe(0);
+    const none = { ...state, resolvers: [] };
+    fqdn.afterApply(none);
+    fqdn.afterApply(none);
+    expect(warnings()).toBe(1);
+    expect(logs.find((l) => /no trusted DNS resolver is known/.test(l.msg))).toMatchObject({ level: 40, policies: ['EgressPolicy/ml/trainer'], dnsService: 'kube-system/kube-dns' });
+    fqdn.afterApply(state);
+    expect(logs.some((l) => l.msg === 'trusted DNS resolvers known again')).toBe(true);
+  });
+});
+
 describe('the sweep of weir_fqdn_learned', () => {
   it('deletes slots expired and unused for the conntrack timeout (counted), keeps live ones and expired ones still in use', async () => {
     const ep = bed.endpointOf(pod);
@@ -236,9 +252,10 @@ describe('without the DNS-learning programs', () => {
   it('status says they are not loaded and why: fqdn peers allow only DNS', async () => {
     const plain = await KernelBed.create({ fqdnLearning: 'off' });
     try {
+      const lines: LogLine[] = [];
       const f = new FqdnLearning({
         datapath: plain.dp,
-        log: pino({ level: 'silent' }),
+        log: pino({ level: 'info' }, { write: (l: string) => lines.push(JSON.parse(l) as LogLine) }),
         count: () => {},
         endpoint: () => undefined,
         state: () => null,
@@ -252,6 +269,13 @@ describe('without the DNS-learning programs', () => {
       expect(formatFqdn({ learnedNames: [], fqdn: s } as unknown as AgentStatus)[0]).toBe(
         'DNS learning (fqdn peers): NOT LOADED (off): fqdn peers allow only the DNS queries they imply',
       );
+      // Policies with fqdn peers on such a node: one warning saying what they still allow.
+      const state = bed.engine.compute(bed.store);
+      f.afterApply(state);
+      f.afterApply(state);
+      expect(lines.filter((l) => /DNS learning is not loaded/.test(l.msg))).toEqual([
+        expect.objectContaining({ level: 40, reason: 'off', msg: 'policies have fqdn peers but DNS learning is not loaded on this node: their fqdn peers allow only the DNS queries they imply' }),
+      ]);
     } finally {
       plain.close();
     }
