@@ -49,7 +49,8 @@ function uid(i: number): string {
 export async function propagation(opts: { quick: boolean; log: (l: string) => void }): Promise<PropagationRow[]> {
   const bpffs = ensureBpffs('/sys/fs/bpf');
   const rows: PropagationRow[] = [];
-  const samples = opts.quick ? 20 : 100;
+  // Quick: 10 samples (a manifest sample takes the source's 100 ms debounce).
+  const samples = opts.quick ? 10 : 100;
   for (const pods of [100, 1000]) {
     const tag = `weir-prop-${process.pid}-${pods}`;
     const cgRoot = join(defaultCgroupRoot(), tag);
