@@ -92,7 +92,7 @@ export async function propagation(opts: { quick: boolean; log: (l: string) => vo
           },
         });
       const policy = (p: number, port: number): KubeObject => obj(rawPolicy(p, port));
-      // A manifest replaced the way an editor or a ConfigMap update does it: written aside (dotfiles are skipped), renamed over.
+      // A manifest replaced the way an editor does it: written under a dot-name (the source skips those), renamed over.
       const writeManifest = (port: number): void => {
         const tmp = join(manifests, '.file-pol.json.tmp');
         // Every pod of ns0 (the pod-label samples move pods between apps, so an app selector may select none).
