@@ -4,9 +4,23 @@
 // a pod cgroup of its own so the program identifies it as a pod, exactly as
 // for real traffic. Every figure is the median of several runs of `repeat`
 // iterations, and the suites report differences taken in the same run.
+//
+// The connect hook (cgroup/connect4, connect6) cannot go through
+// BPF_PROG_TEST_RUN on this kernel, so it is timed with real syscalls: a
+// python3 child in a pod's container cgroup, in a network namespace of its
+// own (unshare --net) with a veth pair and a default route, so that a
+// UDP connect() to a remote address only picks a route and sends nothing. It
+// re-connects one UDP socket to two alternating destinations N times, in the
+// pod (weir attached to the pods' cgroup root: allowed destinations, and
+// default-denied ones that fail with EPERM) and in a cgroup of the same depth
+// outside the pods' root (no weir program: the baseline). Rounds alternate
+// the three; each figure is the median of the rounds.
+import { spawnSync } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import { BpfObject, ensureBpffs } from '../native/index.js';
 import { Datapath, removePins, DEFAULT_OBJECTS_DIR } from '../datapath/datapath.js';
@@ -22,6 +36,24 @@ import { buildTrie } from '../datapath/trie.js';
 export interface PacketCostOptions {
   quick: boolean;
   log: (line: string) => void;
+  /** Where the connect hook's Markdown table goes (default: the bench's --out, else bench/results). */
+  out?: string;
+}
+
+/** The connect hook, timed with real connect() calls on a UDP socket (ns per call). */
+export interface ConnectCost {
+  calls: number;
+  rounds: number;
+  /** No weir program on the caller's cgroup. */
+  baseNs: number;
+  /** weir attached, destination allowed. */
+  hitNs: number;
+  /** weir attached, destination default-denied: connect() fails with EPERM. */
+  denyNs: number;
+  /** Failed calls in the last round of each kind (expected: 0, 0, calls). */
+  baseErrors: number;
+  hitErrors: number;
+  denyErrors: number;
 }
 
 export interface PacketCostRow {
@@ -35,6 +67,8 @@ export interface PacketCostRow {
   weirDenyNs: number;
   trieNodes: number;
   trieBytes: number;
+  /** Only on the rows where the connect hook was measured. */
+  connect?: ConnectCost;
 }
 
 const policy: Policy = {
@@ -124,6 +158,82 @@ function frame(family: Family, src: string, dst: Uint8Array): Buffer {
   return Buffer.concat([eth, ip, tcp]);
 }
 
+const PYTHON = '/usr/bin/python3';
+
+// The child: joins the cgroup, then times `calls` connect() calls of one UDP
+// socket to two alternating destinations. connect_ex returns the errno
+// instead of raising, so an EPERM costs the loop what a success does.
+const CONNECT_PY = String.raw`
+import json, os, socket, sys, time
+cg, fam, n, a, b, port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6])
+with open(os.path.join(cg, 'cgroup.procs'), 'w') as f:
+    f.write(str(os.getpid()))
+s = socket.socket(socket.AF_INET if fam == 4 else socket.AF_INET6, socket.SOCK_DGRAM)
+c, da, db = s.connect_ex, (a, port), (b, port)
+for _ in range(2000):
+    c(da); c(db)
+errs = 0
+t0 = time.perf_counter_ns()
+for _ in range(n // 2):
+    errs += c(da) != 0
+    errs += c(db) != 0
+t1 = time.perf_counter_ns()
+print(json.dumps({'ns': (t1 - t0) / (n // 2 * 2), 'errors': errs}))
+`;
+
+const NETNS_SETUP = [
+  'set -e',
+  'ip link set lo up',
+  'ip link add d0 type veth peer name d1',
+  'ip link set d1 up',
+  'ip addr add 10.250.0.2/24 dev d0',
+  'ip -6 addr add fd00:250::2/64 dev d0 nodad',
+  'ip link set d0 up',
+  'ip route add default dev d0',
+  'ip -6 route add default dev d0',
+].join('\n');
+
+/** One timed child: ns per connect() and the failed calls. */
+function connectRun(cgroup: string, family: 4 | 6, calls: number, a: string, b: string): { ns: number; errors: number } {
+  const script = `${NETNS_SETUP}\nexec ${PYTHON} -c "$WEIR_CONNECT_PY" "$@"`;
+  const r = spawnSync('unshare', ['--net', '--', '/bin/sh', '-c', script, 'child', cgroup, String(family), String(calls), a, b, '9999'], {
+    encoding: 'utf8',
+    timeout: 120_000,
+    killSignal: 'SIGKILL',
+    env: { ...process.env, WEIR_CONNECT_PY: CONNECT_PY },
+  });
+  if (r.status !== 0) throw new Error(`connect child failed (${r.status ?? r.signal}): ${r.stderr || r.error?.message}`);
+  const lines = r.stdout.trim().split('\n');
+  return JSON.parse(lines[lines.length - 1] ?? '{}') as { ns: number; errors: number };
+}
+
+/** Markdown for the connect hook's rows. */
+export function connectMarkdown(rows: PacketCostRow[]): string {
+  const measured = rows.filter((r) => r.connect);
+  if (measured.length === 0) return '';
+  const c0 = measured[0]?.connect;
+  const lines = [
+    '## Connect hook (real connect() calls, cgroup/connect4 and connect6)',
+    '',
+    `BPF_PROG_TEST_RUN cannot run sock_addr programs on this kernel, so a python3 child in the pod's container cgroup, in a network namespace of its own (a veth pair, default route), times ${c0?.calls ?? '?'} connect() calls of one UDP socket to two alternating remote destinations (nothing is sent). ns per call, median of ${c0?.rounds ?? '?'} interleaved rounds; the baseline runs in a cgroup of the same depth with no weir program. "+" is added over the baseline measured in the same run (the Python loop and the kernel's own connect() are in the baseline).`,
+    '',
+    '| family | CIDRs | pods | no weir (ns/call) | weir allowed + | weir default deny (EPERM) + | EPERM calls (deny round) |',
+    '|---|---:|---:|---:|---:|---:|---:|',
+  ];
+  for (const r of measured) {
+    const c = r.connect as ConnectCost;
+    lines.push(`| IPv${r.family} | ${r.cidrs} | ${r.pods} | ${c.baseNs.toFixed(0)} | ${(c.hitNs - c.baseNs).toFixed(0)} | ${(c.denyNs - c.baseNs).toFixed(0)} | ${c.denyErrors} of ${c.calls} |`);
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+/** The bench's results directory: the option, else main's --out, else bench/results. */
+function resultsDir(opts: PacketCostOptions): string {
+  if (opts.out) return opts.out;
+  const { values } = parseArgs({ options: { out: { type: 'string' }, quick: { type: 'boolean' } }, strict: false, allowPositionals: true });
+  return typeof values.out === 'string' ? values.out : resolve(dirname(fileURLToPath(import.meta.url)), '../..', 'bench', 'results');
+}
+
 function ownCgroupDir(): string {
   const line = readFileSync('/proc/self/cgroup', 'utf8').split('\n').find((l) => l.startsWith('0::'));
   return join(defaultCgroupRoot(), line ? line.slice(3) : '/');
@@ -159,6 +269,11 @@ export async function packetCost(opts: PacketCostOptions): Promise<PacketCostRow
   const podDir = join(podsRoot, 'burstable', `pod${randomUUID()}`);
   const ctr = join(podDir, 'bench');
   mkdirSync(ctr, { recursive: true });
+  // The connect baseline: same depth as the pod's container, outside the pods' root.
+  const outside = join(cgRoot, 'outside', 'burstable', `pod${randomUUID()}`, 'bench');
+  mkdirSync(outside, { recursive: true });
+  const connectCalls = opts.quick ? 40_000 : 200_000;
+  const connectRounds = opts.quick ? 3 : 5;
   const home = ownCgroupDir();
   const ref = await BpfObject.load(join(DEFAULT_OBJECTS_DIR, 'bench', 'baseline.bpf.o'));
   const rows: PacketCostRow[] = [];
@@ -178,6 +293,13 @@ export async function packetCost(opts: PacketCostOptions): Promise<PacketCostRow
     writeFileSync(join(home, 'cgroup.procs'), String(process.pid));
     ref.close();
     removeCgroupTree(cgRoot);
+  }
+  const md = connectMarkdown(rows);
+  if (md) {
+    opts.log(md);
+    const dir = resultsDir(opts);
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, `packet-cost-connect-${opts.quick ? 'quick' : 'full'}.md`), md);
   }
   return rows;
 
@@ -267,13 +389,62 @@ export async function packetCost(opts: PacketCostOptions): Promise<PacketCostRow
         trieNodes,
         trieBytes: trieNodes * 1024,
       };
+      // The connect hook at 1k CIDRs (IPv4 and IPv6) and at 100k (IPv4), 10 pods; quick: IPv4 1k.
+      const connectHere = pods === podCounts[0] && (opts.quick ? family === 4 && n === 1000 : n === 1000 || (family === 4 && n === 100_000));
+      if (connectHere) row.connect = connectCost(family, prefixes, entries, dp);
       opts.log(
         `  IPv${family} cidrs=${String(n).padStart(6)} pods=${String(pods).padStart(5)}  empty ${row.emptyNs.toFixed(0)} ns  lpm +${(row.lpmNs - row.emptyNs).toFixed(0)}  weir hit +${(row.weirHitNs - row.emptyNs).toFixed(0)} miss +${(row.weirMissNs - row.emptyNs).toFixed(0)} deny +${(row.weirDenyNs - row.emptyNs).toFixed(0)}  (${trieNodes} trie nodes)`,
       );
       return row;
     } finally {
-      dp.close();
-      removePins(pinDir);
+      // Detach (the connect measurement attached) before closing.
+      try {
+        dp.uninstall();
+      } finally {
+        dp.close();
+        removePins(pinDir);
+      }
     }
+  }
+
+  function connectCost(family: 4 | 6, prefixes: Prefix[], entries: Entry[], dp: Datapath): ConnectCost {
+    // Two destinations in prefixes allowed on every port (not only TCP),
+    // two in the range kept free of the set (default deny).
+    const rand = rng(prefixes.length * 13 + family);
+    const allPorts = prefixes.filter((_, i) => entries[i]?.ports === null);
+    const pick = (): string => bytesToAddress(family, hostIn(allPorts[Math.floor(rand() * allPorts.length)] as Prefix, rand));
+    const [h1, h2] = [pick(), pick()];
+    const [d1, d2] = family === 4 ? ['100.64.1.1', '100.64.1.2'] : ['2001:db8:ffff::1', '2001:db8:ffff::2'];
+    dp.attach(podsRoot, cgroupIdOf(podsRoot));
+    const base: number[] = [];
+    const hit: number[] = [];
+    const deny: number[] = [];
+    let last = { base: 0, hit: 0, deny: 0 };
+    for (let r = 0; r < connectRounds; r++) {
+      const b = connectRun(outside, family, connectCalls, h1, h2);
+      const h = connectRun(ctr, family, connectCalls, h1, h2);
+      const d = connectRun(ctr, family, connectCalls, d1, d2);
+      base.push(b.ns);
+      hit.push(h.ns);
+      deny.push(d.ns);
+      last = { base: b.errors, hit: h.errors, deny: d.errors };
+      if (b.errors !== 0 || h.errors !== 0 || d.errors !== connectCalls) {
+        throw new Error(`connect hook: unexpected failures (baseline ${b.errors}, allowed ${h.errors}, denied ${d.errors} of ${connectCalls})`);
+      }
+    }
+    const c: ConnectCost = {
+      calls: connectCalls,
+      rounds: connectRounds,
+      baseNs: median(base),
+      hitNs: median(hit),
+      denyNs: median(deny),
+      baseErrors: last.base,
+      hitErrors: last.hit,
+      denyErrors: last.deny,
+    };
+    opts.log(
+      `  connect IPv${family} cidrs=${prefixes.length}: no weir ${c.baseNs.toFixed(0)} ns/call, allowed +${(c.hitNs - c.baseNs).toFixed(0)}, default deny (EPERM) +${(c.denyNs - c.baseNs).toFixed(0)}  (rounds: ${base.map((x) => x.toFixed(0)).join('/')} | ${hit.map((x) => x.toFixed(0)).join('/')} | ${deny.map((x) => x.toFixed(0)).join('/')})`,
+    );
+    return c;
   }
 }
