@@ -11,6 +11,7 @@ import { footprint, footprintMarkdown } from './footprint.js';
 import { events, eventsMarkdown } from './events.js';
 import { throughput, throughputMarkdown } from './throughput.js';
 import { install, installMarkdown } from './install.js';
+import { dnsBench, dnsMarkdown } from './dns-latency.js';
 import { writeCharts } from './chart.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -131,6 +132,13 @@ async function main(): Promise<void> {
     const res = await events({ quick, log: (l) => console.log(l) });
     const md = eventsMarkdown(res, m, cmd);
     save('events', res, md);
+    console.log(md);
+  });
+  await timed('dns', async () => {
+    console.log('suite 7: DNS lookups (latency added by weir, kernel cost per DNS message)');
+    const res = await dnsBench({ quick, log: (l) => console.log(l) });
+    const md = dnsMarkdown(res, m, cmd);
+    save('dns', res, md);
     console.log(md);
   });
   for (const f of writeCharts(out)) console.log(`chart: ${f}`);
