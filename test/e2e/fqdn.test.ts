@@ -273,8 +273,7 @@ describe('DNS-aware egress on the sandbox node', () => {
       expect(retrans).toBe(0);
       expect(synRetrans).toBe(0);
       expect(opened).toBe(TRIALS);
-      // A first SYN lost would show as a connect of about a second (the initial RTO).
-      expect(slowest).toBeLessThan(900);
+      // (A first SYN lost would also show as a connect of about a second, the initial RTO: `slowest` above.)
       expect(families[4]).toBeGreaterThanOrEqual(TRIALS / 2);
       // Every query was tracked and every answer learned (A and AAAA for half the trials, A for the rest), none refused.
       expect(d.dns_queries).toBe(TRIALS * 1.5);
@@ -355,7 +354,6 @@ describe('DNS-aware egress on the sandbox node', () => {
 
   it(`after the TTL (clamped to at least ${TTL_MIN_S} s) plus ${GRACE_S} s grace, a new connection is refused`, async () => {
     forget('ml', 'client');
-    const t0 = Date.now();
     const r = await resolveConnect('ml/client', 'short.models.example.com', ['--via', 'udp', '--server', CLUSTER_IP]);
     expect(r.raw).toMatchObject({ ok: true, answers: [{ ttl: 1 }] });
     const [slot] = learned('ml', 'client').get('203.0.113.210') ?? [];
@@ -365,7 +363,9 @@ describe('DNS-aware egress on the sandbox node', () => {
     // Past the record's own TTL of 1 s: still allowed (the minimum keeps a short answer usable).
     await new Promise((res) => setTimeout(res, 1500));
     expect(await connect('ml/client', '203.0.113.210')).toBe('ok');
-    await new Promise((res) => setTimeout(res, Math.max(0, (TTL_MIN_S + GRACE_S) * 1000 + 300 - (Date.now() - t0))));
+    // Just past the expiry the datapath checks (the slot's own clock, CLOCK_MONOTONIC).
+    const wait = Number((slot?.expiresNs ?? 0n) - process.hrtime.bigint()) / 1e6 + 300;
+    await new Promise((res) => setTimeout(res, Math.max(0, wait)));
     expect(await connect('ml/client', '203.0.113.210')).toBe('EPERM');
   }, 30_000);
 
