@@ -5,8 +5,8 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { packetCost, type PacketCostRow } from './packet-cost.js';
-import { propagation, type PropagationRow } from './propagation.js';
+import { connectMarkdown, packetCost, type PacketCostRow } from './packet-cost.js';
+import { propagation, propagationMarkdown } from './propagation.js';
 import { footprint, footprintMarkdown } from './footprint.js';
 import { events, eventsMarkdown } from './events.js';
 import { throughput, throughputMarkdown } from './throughput.js';
@@ -46,20 +46,6 @@ function markdown(rows: PacketCostRow[], m: Record<string, string | number>, cmd
   return `${lines.join('\n')}\n`;
 }
 
-function propagationMarkdown(rows: PropagationRow[], m: Record<string, string | number>, cmd: string): string {
-  const lines = [
-    '# Propagation: model change to maps written',
-    '',
-    `Machine: ${m.cpu}, ${m.cores} cores, kernel ${m.kernel}, Node ${m.node}. Command: \`${cmd}\`. Target: p99 under 100 ms.`,
-    '',
-    'policy-edit and pod-label change the agent\'s ObjectStore directly (where both sources deliver); policy-file writes a manifest into the --manifests directory (inotify, the source\'s 100 ms debounce, re-scan, then the same pipeline). Not measured: the Kubernetes API source, and the first packet whose verdict changes.',
-    '',
-    '| pods | policies | change | samples | p50 ms | p99 ms | max ms |',
-    '|---:|---:|---|---:|---:|---:|---:|',
-    ...rows.map((r) => `| ${r.pods} | ${r.policies} | ${r.change} | ${r.samples} | ${r.p50Ms.toFixed(1)} | ${r.p99Ms.toFixed(1)} | ${r.maxMs.toFixed(1)} |`),
-  ];
-  return `${lines.join('\n')}\n`;
-}
 
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false }, out: { type: 'string' }, suite: { type: 'string', multiple: true } } });
@@ -98,8 +84,9 @@ async function main(): Promise<void> {
   };
   await timed('packet-cost', async () => {
     console.log('suite 1: per-packet cost');
-    const rows = await packetCost({ quick, log: (l) => console.log(l) });
-    save('packet-cost', rows, markdown(rows, m, cmd));
+    const rows = await packetCost({ quick, log: (l) => console.log(l), out });
+    const connect = connectMarkdown(rows);
+    save('packet-cost', rows, markdown(rows, m, cmd) + (connect === '' ? '' : `\n${connect}`));
   });
   await timed('throughput', async () => {
     console.log('suite 2: throughput and latency over veth (sandbox node)');
