@@ -29,6 +29,7 @@
  */
 #include "common.h"
 #include "dns.h"
+#include "events.h"
 
 #define WEIR_NS_PER_S 1000000000ull
 
@@ -117,23 +118,21 @@ static __always_inline int weir_is_loopback_src(const struct weir_flow *f)
 
 /*
  * A WEIR_REC_DNS record (weir_abi.h). REFUSED and INTENT are aggregated
- * like violations (weir_agg, family 0): one record per pod and address
- * (refused) or name (intent) per event interval, the next one carrying
- * the count of those folded in; a record the ring buffer cannot take is
- * counted in events_lost and its count goes back to pending.
+ * like violations (weir_event_reserve, events.h; weir_agg, family 0): one
+ * record per pod and address (refused) or name (intent) per event interval,
+ * the next one carrying the count of those folded in. LEARNED records are
+ * not aggregated.
  */
 static __always_inline void weir_dns_record(__u32 endpoint_id, __u32 set_id, const struct weir_dns_state *st,
 					    __u8 kind, __u8 reason, __u8 family, const __u8 *addr,
 					    __u32 ttl, __u64 expires_ns, __u32 pid)
 {
-	struct weir_agg_value *av = NULL;
+	struct weir_agg_key ak, *agg = NULL;
 	struct weir_dns_event *e;
 	__u64 now = bpf_ktime_get_ns();
-	__u32 count = 1, n;
+	__u32 count, n;
 
 	if (kind != WEIR_DNS_EV_LEARNED) {
-		struct weir_agg_key ak;
-
 		__builtin_memset(&ak, 0, sizeof(ak));
 		ak.endpoint_id = endpoint_id;
 		ak.proto = kind;
@@ -143,29 +142,11 @@ static __always_inline void weir_dns_record(__u32 endpoint_id, __u32 set_id, con
 			ak.verdict = family;
 			__builtin_memcpy(ak.dst, addr, 16);
 		}
-		av = bpf_map_lookup_elem(&weir_agg, &ak);
-		if (av) {
-			if (now - av->last_sent_ns < weir_cfg.event_interval_ns) {
-				__sync_fetch_and_add(&av->pending, 1);
-				return;
-			}
-			count += __sync_lock_test_and_set(&av->pending, 0);
-			av->last_sent_ns = now;
-		} else {
-			struct weir_agg_value nv = { .last_sent_ns = now };
-
-			if (bpf_map_update_elem(&weir_agg, &ak, &nv, BPF_NOEXIST))
-				weir_stat_inc(WEIR_STAT_AGG_INSERT_FAILED);
-			av = bpf_map_lookup_elem(&weir_agg, &ak);
-		}
+		agg = &ak;
 	}
-	e = bpf_ringbuf_reserve(&weir_events, sizeof(*e), 0);
-	if (!e) {
-		weir_stat_inc(WEIR_STAT_EVENTS_LOST);
-		if (av)
-			__sync_fetch_and_add(&av->pending, count);
+	e = weir_event_reserve(agg, sizeof(*e), now, &count);
+	if (!e)
 		return;
-	}
 	__builtin_memset(e, 0, sizeof(*e) - WEIR_DNS_NAME_MAX);
 	e->type = WEIR_REC_DNS;
 	e->kind = kind;

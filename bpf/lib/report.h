@@ -3,6 +3,7 @@
 #define WEIR_REPORT_H
 
 #include "common.h"
+#include "events.h"
 #include "policy.h"
 
 static __always_inline void weir_count(__u32 endpoint_id, __u32 kind, __u8 verdict,
@@ -29,22 +30,15 @@ struct weir_origin {
 	char comm[16];
 };
 
-/*
- * One event per flow per interval (struct weir_agg_value): the first
- * violation of a flow goes out at once; later ones inside the interval only
- * raise `pending`, which the next event carries in its count. When the ring
- * buffer is full the event is counted as lost and its count is put back in
- * `pending`, so the next event still reports it.
- */
+/* A violation (or, with WEIR_CFG_F_EVENTS_ALLOW, an allowed flow), one record per flow per interval (events.h). */
 static __always_inline void weir_report(const struct weir_pod_value *pod, __u32 generation,
 					const struct weir_flow *f, const struct weir_decision *d,
 					const struct weir_origin *o)
 {
 	struct weir_agg_key ak;
-	struct weir_agg_value *av;
 	struct weir_event *e;
 	__u64 now = bpf_ktime_get_ns();
-	__u32 count = 1;
+	__u32 count;
 
 	__builtin_memset(&ak, 0, sizeof(ak));
 	ak.endpoint_id = pod->endpoint_id;
@@ -55,31 +49,9 @@ static __always_inline void weir_report(const struct weir_pod_value *pod, __u32 
 	ak.dport = bpf_htons(f->dport);
 	__builtin_memcpy(ak.dst, f->dst, 16);
 
-	av = bpf_map_lookup_elem(&weir_agg, &ak);
-	if (av) {
-		if (now - av->last_sent_ns < weir_cfg.event_interval_ns) {
-			__sync_fetch_and_add(&av->pending, 1);
-			weir_stat_inc(WEIR_STAT_EVENTS_AGGREGATED);
-			return;
-		}
-		count += __sync_lock_test_and_set(&av->pending, 0);
-		av->last_sent_ns = now;
-	} else {
-		struct weir_agg_value nv = { .last_sent_ns = now };
-
-		if (bpf_map_update_elem(&weir_agg, &ak, &nv, BPF_NOEXIST))
-			weir_stat_inc(WEIR_STAT_AGG_INSERT_FAILED);
-		/* Keep a pointer so a lost first event is carried forward too. */
-		av = bpf_map_lookup_elem(&weir_agg, &ak);
-	}
-
-	e = bpf_ringbuf_reserve(&weir_events, sizeof(*e), 0);
-	if (!e) {
-		weir_stat_inc(WEIR_STAT_EVENTS_LOST);
-		if (av)
-			__sync_fetch_and_add(&av->pending, count);
+	e = weir_event_reserve(&ak, sizeof(*e), now, &count);
+	if (!e)
 		return;
-	}
 	__builtin_memset(e, 0, sizeof(*e));
 	e->type = WEIR_REC_VERDICT;
 	e->verdict = d->verdict;

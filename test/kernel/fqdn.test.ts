@@ -472,7 +472,7 @@ describe('learning from an answer, and the verdict using it', () => {
     expect(syn(a, '203.0.113.65', 443)).toBe(0);
   });
 
-  it('a name no rule allows: no query entry, one intent record per pod and name per interval (counted each time), and its answer teaches nothing', () => {
+  it('a name no rule allows: no query entry, one intent record per pod and name per interval (counted each time, the others as aggregated), and its answer teaches nothing', () => {
     records();
     const s0 = stats();
     const x = query(a, 'exfil.example.org');
@@ -482,6 +482,8 @@ describe('learning from an answer, and the verdict using it', () => {
     answer(a, x, { qname: 'exfil.example.org', answers: [A('exfil.example.org', '198.51.100.66')] });
     expect(addrs(a)).not.toContain('198.51.100.66');
     expect(delta(s0, DNS_STATS)).toMatchObject({ dns_queries: 0, dns_queries_not_allowed: 3, dns_ignored_no_query: 1, fqdn_learned: 0 });
+    // Like a violation's: the second and third queries are folded into the next record.
+    expect(delta(s0, ['events_aggregated', 'events_lost'])).toEqual({ events_aggregated: 2, events_lost: 0 });
     const recs = records();
     expect(recs).toHaveLength(1);
     expect(recs[0]).toMatchObject({ kind: CONST.WEIR_DNS_EV_INTENT, endpointId: a.ep, setId: a.setId, name: 'exfil.example.org', count: 1, qtype: DNS.TYPE_A, family: 2 });
@@ -670,6 +672,7 @@ describe('no room: four live names on an address, or weir_fqdn_learned full, ref
     const s0 = stats();
     for (const n of names) answer(p, query(p, n), { qname: n, answers: [A(n, addr)] });
     expect(delta(s0, DNS_STATS)).toMatchObject({ dns_answers: 5, fqdn_learned: 4, fqdn_refused: 1 });
+    expect(delta(s0, ['events_aggregated'])).toEqual({ events_aggregated: 0 });
     expect(learnedOf(bed.dp, p.ep)[0]?.slots).toHaveLength(4);
     for (let i = 0; i < 4; i++) expect(syn(p, addr, 9001 + i), names[i]).toBe(1);
     expect(syn(p, addr, 9005)).toBe(0);
@@ -679,6 +682,7 @@ describe('no room: four live names on an address, or weir_fqdn_learned full, ref
     // The same refusal again within the interval: counted, folded into the next record.
     answer(p, query(p, names[4] as string), { qname: names[4] as string, answers: [A(names[4] as string, addr)] });
     expect(delta(s0, DNS_STATS)).toMatchObject({ fqdn_refused: 2 });
+    expect(delta(s0, ['events_aggregated', 'events_lost'])).toEqual({ events_aggregated: 1, events_lost: 0 });
     expect(records()).toEqual([]);
   });
 
@@ -709,7 +713,8 @@ describe('no room: four live names on an address, or weir_fqdn_learned full, ref
       const ans = buildMessage({ id: 9, qname: NAME, answers: [1, 2, 3, 4, 5, 6].map((i) => A(ptr(12), `198.18.0.${i}`)) });
       expect(run('weir_ingress', udpFrame({ src: RESOLVER, dst: '10.244.10.1', sport: 53, dport: 40999, payload: ans }))).toBe(1);
       const st = small.dp.stats();
-      expect([st.fqdn_learned, st.fqdn_refused]).toEqual([4n, 2n]);
+      // Two addresses refused: two records, nothing aggregated.
+      expect([st.fqdn_learned, st.fqdn_refused, st.events_aggregated]).toEqual([4n, 2n, 0n]);
       const synTo = (d: string): number => run('weir_egress', packet({ src: '10.244.10.1', dst: d, proto: IPPROTO.TCP, sport: 45000, dport: 443, tcpFlags: TCP_SYN }));
       expect(synTo('198.18.0.4')).toBe(1);
       expect(synTo('198.18.0.5')).toBe(0);
