@@ -107,7 +107,29 @@ const VIOLATION_KEYS = [
 // A compile error here means Violation changed: list its keys above (records of other shapes are still written, only slower).
 const violationKeysComplete: Exclude<keyof Violation, (typeof VIOLATION_KEYS)[number]> extends never ? true : never = true;
 void violationKeysComplete;
-const VIOLATION_JSON = new FixedShapeJson(VIOLATION_KEYS);
+/** VIOLATION_KEYS in sorted order, as an object literal (FixedShapeJson checks the order). */
+const pickViolation = (v: Record<string, unknown>): Record<string, unknown> => ({
+  command: v.command,
+  count: v.count,
+  destination: v.destination,
+  domain: v.domain,
+  generation: v.generation,
+  hook: v.hook,
+  namespace: v.namespace,
+  pid: v.pid,
+  pod: v.pod,
+  policy: v.policy,
+  port: v.port,
+  protocol: v.protocol,
+  reason: v.reason,
+  rule: v.rule,
+  source: v.source,
+  thread: v.thread,
+  time: v.time,
+  verdict: v.verdict,
+  workload: v.workload,
+});
+const VIOLATION_JSON = new FixedShapeJson(VIOLATION_KEYS, pickViolation);
 
 /**
  * The line of a record: its canonical JSON. A violation or audit record

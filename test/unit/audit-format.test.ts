@@ -134,6 +134,16 @@ describe('audit record format', () => {
       delete proto.b;
     }
     expect(shape.write({ a: 'x' })).toBe('{"a":"x"}');
+    // A pick that copies other keys, or the keys out of order, is refused at once.
+    expect(() => new FixedShapeJson(['a', 'b'], (o) => ({ b: o.b, a: o.a }))).toThrow(/not the keys/);
+    expect(() => new FixedShapeJson(['a', 'b'], (o) => ({ a: o.a }))).toThrow(/not the keys/);
+    expect(() => new FixedShapeJson(['a', 'b'], (o) => ({ a: o.b, b: o.a }))).toThrow(/not the keys/);
+    const picked = new FixedShapeJson(['a', 'b'], (o) => ({ a: o.a, b: o.b }));
+    expect(picked.write({ b: 1, a: 'x' })).toBe('{"a":"x","b":1}');
+    expect(picked.write({ a: 'x', b: undefined })).toBe('{"a":"x"}');
+    expect(picked.write({ a: 'x', c: 1 })).toBeNull();
+    expect(picked.write({ a: Number.NaN })).toBeNull();
+    expect(picked.write({ a: 'x\ud800' })).toBeNull();
   });
 
   it('canonicalJson still says where a value cannot be written', () => {
