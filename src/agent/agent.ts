@@ -30,6 +30,7 @@ import { AuditLog, type AuditLogOptions } from '../audit/audit-log.js';
 import { AttributionCache, IsoClock, ProcessNameCache, fastAddress } from './attribution.js';
 import type { EventReporter, EventReporterOptions, policyReference } from '../report/k8s-events.js';
 import { AgentMetrics, type KernelCountSample } from '../report/metrics.js';
+import { logEvent } from '../report/logger.js';
 import { domainOf, workloadOf } from '../report/workload.js';
 
 export const VERSION = '0.1.0';
@@ -657,10 +658,10 @@ export class Agent {
       const v = this.enrich(e);
       if (!v) continue;
       this.metrics.violation(v, v.count);
-      const line = { event: 'violation', ...v };
-      if (v.verdict === 'drop') this.log.warn(line, 'egress denied');
-      else if (v.verdict === 'audit') this.log.warn(line, 'egress would be denied (audit)');
-      else this.log.info(line, 'egress verdict');
+      // The line of this.log.warn({ event: 'violation', ...v }, ...), byte for byte, without pino's per-character escaping loop.
+      if (v.verdict === 'drop') logEvent(this.log, 'warn', 'violation', v, 'egress denied');
+      else if (v.verdict === 'audit') logEvent(this.log, 'warn', 'violation', v, 'egress would be denied (audit)');
+      else logEvent(this.log, 'info', 'violation', v, 'egress verdict');
       this.observers.publish(v);
       if (this.events && (v.verdict === 'drop' || v.verdict === 'audit')) {
         const uid = this.endpoints.get(e.endpointId)?.pod.metadata.uid;

@@ -14,6 +14,7 @@
 //     turn of the event loop (a microtask): one write per ring-buffer batch
 //     instead of one per line, and SonicBoom's per-write bookkeeping paid once.
 //     Lines still pending when the process exits are written synchronously.
+import { tracingChannel } from 'node:diagnostics_channel';
 import { writeSync } from 'node:fs';
 import { pino, type DestinationStream, type Logger, type LevelWithSilent } from 'pino';
 
@@ -179,6 +180,9 @@ function isoTimeCached(): () => string {
   };
 }
 
+/** formatters.log of createLogger's loggers (logEvent() knows what it does). */
+const logFormatter = (o: Record<string, unknown>): Record<string, unknown> => redactSecrets(o);
+
 export function createLogger(level: string, destination?: NodeJS.WritableStream): Logger {
   if (!LOG_LEVELS.includes(level as LevelWithSilent)) {
     throw new Error(`invalid log level ${JSON.stringify(level)} (expected one of ${LOG_LEVELS.join(', ')})`);
@@ -191,7 +195,7 @@ export function createLogger(level: string, destination?: NodeJS.WritableStream)
       level: (label: string) => ({ level: label }),
       // Never let a credential reach a log line (see the top of this file).
       bindings: (b: Record<string, unknown>) => redactSecrets(b),
-      log: (o: Record<string, unknown>) => redactSecrets(o),
+      log: logFormatter,
     },
   };
   // stdout as pino writes it by default: SonicBoom, asynchronous.
@@ -215,3 +219,157 @@ export function createLogger(level: string, destination?: NodeJS.WritableStream)
 }
 
 type ProtoChild = (this: Logger, bindings: Record<string, unknown>, options?: object) => Logger;
+
+// logEvent(): the line pino would write, without pino's per-character loops.
+//
+// pino (lib/tools.js _asJson) writes a line as
+//   lsCache[level] + time() + chindings + (',' + asString(key) + ':' + value)* + ',"msg":' + asString(msg) + end
+// where asString() escapes `"` and `\` in strings of up to 100 characters
+// with a JavaScript loop over each character (JSON.stringify when one is a
+// control character, and for longer strings). That loop over every value of
+// every violation line was most of the line's cost. logEvent() writes the
+// same bytes with one regular expression test per value, for the lines it
+// can vouch for: a logger made by createLogger with nothing pino would call
+// on the way (no mixin, hooks, message prefix, nested key, redact paths,
+// serializer for a key, metadata stream, pino_asJson subscriber), and fields
+// of a plain object whose keys are identifiers that need no escaping, no
+// credential key (so redactSecrets leaves the object as it is) and none pino
+// treats apart (`err`, an HTTP request's `method`/`headers`/`socket`), whose
+// values are strings, numbers, booleans, null or undefined. Anything else
+// goes through pino itself. test/unit/logger-event.test.ts compares the two.
+
+const sym = pino.symbols as unknown as Record<string, symbol>;
+type PinoInternals = Record<symbol, unknown> & Logger;
+const asJsonChannel = tracingChannel('pino_asJson');
+/** Keys that would make pino do something other than write `,"key":value`. */
+const PINO_SPECIAL_KEYS = new Set(['err', 'method', 'headers', 'socket', 'setHeader', 'msg']);
+const IDENTIFIER = /^[A-Za-z_$][A-Za-z0-9_$]*$/;
+/** What pino's asString() escapes or hands to JSON.stringify: `"`, `\`, control characters. */
+const NEEDS_ESCAPE = /["\\\u0000-\u001f]/;
+
+/** pino's asString() (lib/tools.js), for the strings NEEDS_ESCAPE finds something in. */
+function pinoAsString(str: string): string {
+  let result = '';
+  let last = 0;
+  let found = false;
+  let point = 255;
+  const l = str.length;
+  if (l > 100) return JSON.stringify(str);
+  for (let i = 0; i < l && point >= 32; i++) {
+    point = str.charCodeAt(i);
+    if (point === 34 || point === 92) {
+      result += `${str.slice(last, i)}\\`;
+      last = i;
+      found = true;
+    }
+  }
+  if (!found) result = str;
+  else result += str.slice(last);
+  return point < 32 ? JSON.stringify(str) : `"${result}"`;
+}
+
+/** pino's asString() of a string: the same bytes. */
+function jsonString(s: string): string {
+  if (s.length > 100) return JSON.stringify(s);
+  return NEEDS_ESCAPE.test(s) ? pinoAsString(s) : `"${s}"`;
+}
+
+/**
+ * Per logger: null when pino would do more than write the fields (see above);
+ * otherwise the `,"key":` of each key seen so far, or null for a key that
+ * sends the line through pino.
+ */
+const fastLoggers = new WeakMap<Logger, Map<string, string | null> | null>();
+
+function keyPrefixes(log: Logger): Map<string, string | null> | null {
+  let m = fastLoggers.get(log);
+  if (m !== undefined) return m;
+  const l = log as PinoInternals;
+  const hooks = l[sym.hooksSym as symbol] as { logMethod?: unknown; streamWrite?: unknown } | undefined;
+  const formatters = l[sym.formattersSym as symbol] as { log?: unknown } | undefined;
+  const stringifiers = l[sym.stringifiersSym as symbol] as object | undefined;
+  const ok =
+    !l[sym.mixinSym as symbol] &&
+    !hooks?.logMethod &&
+    !hooks?.streamWrite &&
+    l[sym.msgPrefixSym as symbol] === undefined &&
+    !l[sym.nestedKeySym as symbol] &&
+    l[sym.messageKeySym as symbol] === 'msg' &&
+    l[sym.errorKeySym as symbol] === 'err' &&
+    formatters?.log === logFormatter &&
+    stringifiers !== undefined &&
+    Reflect.ownKeys(stringifiers).length === 0 &&
+    typeof l[sym.endSym as symbol] === 'string' &&
+    typeof l[sym.timeSym as symbol] === 'function';
+  m = ok ? new Map() : null;
+  fastLoggers.set(log, m);
+  return m;
+}
+
+function keyPrefix(log: Logger, prefixes: Map<string, string | null>, k: string): string | null {
+  let p = prefixes.get(k);
+  if (p !== undefined) return p;
+  const serializers = (log as PinoInternals)[sym.serializersSym as symbol] as Record<string, unknown> | undefined;
+  const plain = IDENTIFIER.test(k) && !isSecretKey(k) && !PINO_SPECIAL_KEYS.has(k) && !serializers?.[k];
+  p = plain ? `,"${k}":` : null;
+  if (prefixes.size < 256) prefixes.set(k, p);
+  return p;
+}
+
+function noEnumerable(o: object): boolean {
+  for (const _ in o) return false;
+  return true;
+}
+
+/**
+ * Logs `{ event, ...fields }` with `msg` at `level`: exactly the line
+ * `log[level]({ event, ...fields }, msg)` writes, written faster when the
+ * logger and the fields allow it (see above); otherwise that very call.
+ * `msg` is written as it is (no printf-style arguments).
+ */
+export function logEvent(log: Logger, level: 'info' | 'warn' | 'error', event: string, fields: object, msg: string): void {
+  const line = eventLine(log, level, event, fields, msg);
+  if (line === null) {
+    log[level]({ event, ...fields }, msg);
+    return;
+  }
+  if (line !== '') ((log as PinoInternals)[sym.streamSym as symbol] as DestinationStream).write(line);
+}
+
+/** The line, '' when the level is off, null when pino must write it. */
+function eventLine(log: Logger, level: 'info' | 'warn' | 'error', event: string, fields: object, msg: string): string | null {
+  const prefixes = keyPrefixes(log);
+  if (prefixes === null || asJsonChannel.hasSubscribers) return null;
+  if (!log.isLevelEnabled(level)) return '';
+  const l = log as PinoInternals;
+  const stream = l[sym.streamSym as symbol] as Record<symbol, unknown> | undefined;
+  if (!stream || stream[sym.needsMetadataGsym as symbol] === true) return null;
+  if (Object.getPrototypeOf(fields) !== Object.prototype || !noEnumerable(Object.prototype)) return null;
+  const f = fields as Record<string, unknown>;
+  let props = `,"event":${jsonString(event)}`;
+  for (const k in f) {
+    const v = f[k];
+    const p = keyPrefix(log, prefixes, k);
+    if (p === null || k === 'event') return null;
+    switch (typeof v) {
+      case 'string':
+        props += p + jsonString(v);
+        break;
+      case 'number':
+        props += p + (Number.isFinite(v) ? String(v) : 'null');
+        break;
+      case 'boolean':
+        props += p + (v ? 'true' : 'false');
+        break;
+      case 'undefined':
+        break;
+      default:
+        if (v !== null) return null;
+        props += `${p}null`;
+    }
+  }
+  const num = (log.levels.values as Record<string, number>)[level] as number;
+  const lsCache = l[sym.lsCacheSym as symbol] as Record<number, string>;
+  const time = (l[sym.timeSym as symbol] as () => string)();
+  return `${lsCache[num]}${time}${l[sym.chindingsSym as symbol] as string}${props},"msg":${jsonString(msg)}${l[sym.endSym as symbol] as string}`;
+}
