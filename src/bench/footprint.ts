@@ -11,17 +11,14 @@
 // memory is what the kernel accounts for each map (memlock in the map fd's
 // fdinfo), next to the size computed from the map definitions.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, get } from 'node:http';
-import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { BpfMap, ensureBpffs } from '../native/index.js';
+import { BpfMap } from '../native/index.js';
 import { MAP_NAMES } from '../datapath/datapath.js';
 import { decodePerCpuU64, u32Key, STAT_NAMES, type StatName } from '../datapath/abi.js';
-import { defaultCgroupRoot } from '../datapath/cgroups.js';
-import { cleanup } from '../datapath/cleanup.js';
-import { removeCgroupTree } from '../sandbox/cgroup.js';
+import { BPFFS, scratch } from './scratch.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const WEIR_CLI = join(root, 'dist', 'cli', 'weir.js');
@@ -478,7 +475,6 @@ export interface FootprintResult {
 }
 
 export async function footprint(opts: { quick: boolean; log: (l: string) => void }): Promise<FootprintResult> {
-  const bpffs = ensureBpffs('/sys/fs/bpf');
   const load0 = loadAvg();
   const sizes = opts.quick ? [100, 1000] : [100, 1000, 10_000];
   const nodePodsFor = (n: number): number => Math.min(n, 100);
@@ -496,19 +492,19 @@ export async function footprint(opts: { quick: boolean; log: (l: string) => void
     const nodePods = nodePodsFor(clusterPods);
     const began = Date.now();
     const tag = `weir-fp-${process.pid}-${clusterPods}`;
-    const cgRoot = join(defaultCgroupRoot(), tag);
+    const scr = scratch();
+    const cgRoot = scr.cgroup(tag);
     const podsRoot = join(cgRoot, 'kubepods');
-    const pinDir = join(bpffs, tag);
-    const work = mkdtempSync(join(tmpdir(), 'weir-fp-'));
+    const pinDir = scr.pinDir(tag);
+    const work = scr.dir('weir-fp-');
     const manifests = join(work, 'manifests');
     let agent: ChildProcess | null = null;
     let gen: ChildProcess | null = null;
-    const onSignal = (): void => {
-      gen?.kill('SIGKILL');
-      agent?.kill('SIGKILL');
-    };
-    process.once('SIGINT', onSignal);
-    process.once('SIGTERM', onSignal);
+    scr.defer(
+      () => agent?.kill('SIGKILL'),
+      () => stopChild(agent),
+    );
+    scr.defer(() => gen?.kill('SIGKILL'));
     try {
       mkdirSync(manifests, { recursive: true });
       for (const d of ['besteffort', 'burstable']) mkdirSync(join(podsRoot, d), { recursive: true });
@@ -531,7 +527,7 @@ export async function footprint(opts: { quick: boolean; log: (l: string) => void
           '--manifests', manifests,
           '--node-name', NODE_NAME,
           '--cgroup-root', cgRoot,
-          '--bpffs', bpffs,
+          '--bpffs', BPFFS,
           '--pin-dir', pinDir,
           '--metrics-addr', `127.0.0.1:${port}`,
           '--api-socket', 'off',
@@ -648,13 +644,7 @@ export async function footprint(opts: { quick: boolean; log: (l: string) => void
       if (!opts.quick) await phase('20,000 flows');
       opts.log(`  pods ${String(clusterPods).padStart(6)}: ${((Date.now() - began) / 1000).toFixed(0)} s`);
     } finally {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-      if (gen) (gen as ChildProcess).kill('SIGKILL');
-      await stopChild(agent);
-      cleanup(pinDir);
-      removeCgroupTree(cgRoot);
-      rmSync(work, { recursive: true, force: true });
+      await scr.close();
     }
   }
   const baseline = moduleBaseline();

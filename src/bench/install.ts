@@ -17,18 +17,17 @@
 // starting a process at all is reported as the exec baseline (/bin/true
 // timed the same way). Repeats are interleaved across tools and rotated;
 // every figure is a median.
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { Datapath, removePins } from '../datapath/datapath.js';
+import { Datapath } from '../datapath/datapath.js';
 import { defaultCgroupRoot, cgroupLevel } from '../datapath/cgroups.js';
 import { entries, flatten, SET_F_E_ISOLATED, SET_F_VALID } from '../policy/compile.js';
 import type { DesiredSet, DesiredState } from '../policy/engine.js';
 import type { Policy } from '../policy/normalize.js';
 import { parsePrefix } from '../policy/prefix.js';
-import { ensureBpffs } from '../native/index.js';
 import { Sandbox } from '../sandbox/sandbox.js';
+import { BPFFS, scratch } from './scratch.js';
 import {
   BENCH_POLICY,
   IPSET_NAME,
@@ -94,38 +93,22 @@ export async function install(opts: { quick: boolean; log: (line: string) => voi
   const sizes = opts.quick ? [10, 1000] : [10, 1000, 10_000, 100_000];
   // weir and iptables -D take seconds each at 100k: one repeat there.
   const repsFor = (n: number): number => (opts.quick ? 2 : n >= 100_000 ? 1 : n >= 10_000 ? 3 : 5);
-  const sb = await Sandbox.create({
-    id: `in${process.pid % 100000}`,
-    nodeName: 'bench-node',
-    namespaces: [{ name: 'bench' }],
-    pods: TOOLS.filter((t) => t !== 'weir').map((t) => ({ namespace: 'bench', name: t })),
-    hosts: [],
-  });
-  const files = mkdtempSync(join(tmpdir(), 'weir-bench-install-'));
-  const bpffs = ensureBpffs('/sys/fs/bpf');
-  const pinDir = join(bpffs, `weir-bench-install-${process.pid}`);
-  let dp: Datapath | null = null;
-  const cleanupWeir = (): void => {
-    try {
-      dp?.close();
-    } catch {
-      // the pins are removed below
-    }
-    dp = null;
-    try {
-      removePins(pinDir);
-    } catch {
-      // already gone
-    }
-  };
-  const onSignal = (sig: NodeJS.Signals): void => {
-    cleanupWeir();
-    sb.destroySync();
-    rmSync(files, { recursive: true, force: true });
-    process.exit(sig === 'SIGINT' ? 130 : 143);
-  };
-  for (const s of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(s, onSignal);
+  const scr = scratch();
   try {
+    // The sandbox also tears itself down on a signal (netns, cgroups,
+    // processes, and with the netns every rule, set and table).
+    const sb = await Sandbox.create({
+      id: `in${process.pid % 100000}`,
+      nodeName: 'bench-node',
+      namespaces: [{ name: 'bench' }],
+      pods: TOOLS.filter((t) => t !== 'weir').map((t) => ({ namespace: 'bench', name: t })),
+      hosts: [],
+    });
+    scr.defer(() => sb.destroySync(), () => sb.destroy());
+    const files = scr.dir('weir-bench-install-');
+    const pinDir = scr.pinDir(`weir-bench-install-${process.pid}`);
+    let dp: Datapath | null = null;
+    scr.defer(() => dp?.close());
     const netns = (t: Exclude<InstallTool, 'weir'>): string => sb.pod('bench', t).netns;
     const timed = async (t: Exclude<InstallTool, 'weir'>, argv: string[]): Promise<number> => {
       const out = await sb.runInNetns(netns(t), ['bash', '-c', TIMED, 'timed', ...argv]);
@@ -137,7 +120,7 @@ export async function install(opts: { quick: boolean; log: (line: string) => voi
     const all = new Map(sizes.map((n) => [n, ruleCidrs(n, SERVER, 2000 + n)]));
     const maxNodes = Math.max(...[...all.values()].map(trieNodeBound));
     dp = await Datapath.open({
-      bpffs,
+      bpffs: BPFFS,
       pinDir,
       podLevel: cgroupLevel(defaultCgroupRoot()),
       logger: pino({ level: 'silent' }),
@@ -234,10 +217,7 @@ export async function install(opts: { quick: boolean; log: (line: string) => voi
     }
     return { execBaselineMs, rows };
   } finally {
-    for (const s of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.off(s, onSignal);
-    cleanupWeir();
-    await sb.destroy();
-    rmSync(files, { recursive: true, force: true });
+    await scr.close();
   }
 }
 

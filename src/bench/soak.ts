@@ -27,7 +27,7 @@
 // fails. Needs root.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
-import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, release, tmpdir, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -36,16 +36,15 @@ import { queryLocalApi } from '../agent/local-api.js';
 import type { AgentStatus } from '../agent/agent.js';
 import { CONST, counterIndex, decodePerCpuCounter, decodePodValue, u32Key, u64Key } from '../datapath/abi.js';
 import { cgroupIdOf } from '../datapath/cgroups.js';
-import { cleanup } from '../datapath/cleanup.js';
 import { BpfMap } from '../native/index.js';
 import { Prober, startProbeServer, startTcpStream, type ProbeProcess, type ProberRequest } from '../sandbox/probe-runner.js';
 import { writeFileAtomic } from '../sandbox/manifests.js';
 import { Sandbox, type SandboxPod } from '../sandbox/sandbox.js';
 import type { SandboxSpec } from '../sandbox/spec.js';
+import { BPFFS, scratch } from './scratch.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const WEIR = join(root, 'dist/cli/weir.js');
-const BPFFS = '/sys/fs/bpf';
 const SVC4 = '10.20.0.10';
 const SVC6 = 'fd00:10:20::10';
 const NET4 = '203.0.113.10';
@@ -288,9 +287,13 @@ async function main(): Promise<number> {
     ],
   };
   await Sandbox.cleanupLeftovers();
+  // The sandbox also tears itself down on a signal (its netns, cgroups and
+  // processes: the probers and servers).
   const sb = await Sandbox.create(spec);
-  const work = mkdtempSync(join(tmpdir(), 'weir-soak-'));
-  const pinDir = join(BPFFS, `weir-soak-${process.pid}`);
+  const scr = scratch();
+  scr.defer(() => sb.destroySync(), () => sb.destroy());
+  const work = scr.dir('weir-soak-');
+  const pinDir = scr.pinDir(`weir-soak-${process.pid}`);
   const socket = join(work, 'api', 'weir.sock');
   const manifests = join(work, 'manifests');
   const servers: ProbeProcess[] = [];
@@ -298,6 +301,24 @@ async function main(): Promise<number> {
   let agent: ChildProcess | undefined;
   let traffic: Traffic | undefined;
   const churnProbers = new Set<Prober>();
+  scr.defer(
+    () => agent?.kill('SIGKILL'),
+    async () => {
+      if (agent && agent.exitCode === null) {
+        agent.kill('SIGTERM');
+        await new Promise((r) => agent?.once('close', r));
+      }
+    },
+  );
+  // On a signal the sandbox's teardown kills these.
+  scr.defer(
+    () => undefined,
+    async () => {
+      for (const p of churnProbers) await p.close();
+      await traffic?.stop().catch(() => undefined);
+      for (const s of [...streams, ...servers]) await s.stop();
+    },
+  );
   try {
     sb.writeManifests(manifests);
     const ports = { 'team-a': [8080], 'team-b': [8080] } as Record<string, number[]>;
@@ -591,16 +612,7 @@ async function main(): Promise<number> {
     console.log(markdown(result));
     return result.ok ? 0 : 1;
   } finally {
-    for (const p of churnProbers) await p.close();
-    await traffic?.stop().catch(() => undefined);
-    for (const s of [...streams, ...servers]) await s.stop();
-    if (agent && agent.exitCode === null) {
-      agent.kill('SIGTERM');
-      await new Promise((r) => agent?.once('close', r));
-    }
-    if (existsSync(pinDir)) cleanup(pinDir);
-    await sb.destroy();
-    rmSync(work, { recursive: true, force: true });
+    await scr.close();
   }
 }
 

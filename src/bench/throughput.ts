@@ -25,20 +25,19 @@
 // iptables is the system's iptables (nf_tables backend on Debian 12); every
 // rule, set and table lives in the pod's own netns and disappears with it.
 import type { ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { Datapath, removePins } from '../datapath/datapath.js';
+import { Datapath } from '../datapath/datapath.js';
 import { cgroupIdOf, cgroupLevel } from '../datapath/cgroups.js';
 import { BIT_E_ALLOW, SET_F_E_ISOLATED, SET_F_VALID, flatten, type Entry } from '../policy/compile.js';
 import type { DesiredSet, DesiredState } from '../policy/engine.js';
 import type { Policy, Rule } from '../policy/normalize.js';
 import type { Prefix } from '../policy/prefix.js';
-import { ensureBpffs } from '../native/index.js';
 import { Sandbox, type SandboxPod } from '../sandbox/sandbox.js';
 import type { PodSpec, SandboxSpec } from '../sandbox/spec.js';
+import { BPFFS, scratch } from './scratch.js';
 
 export interface ThroughputOptions {
   quick: boolean;
@@ -415,34 +414,21 @@ export async function throughput(opts: ThroughputOptions): Promise<ThroughputRes
   const t0 = Date.now();
   const since = (): string => `${((Date.now() - t0) / 1000).toFixed(1)} s`;
   const sb = await Sandbox.create(spec);
-  const files = mkdtempSync(join(tmpdir(), 'weir-bench-tp-'));
-  const bpffs = ensureBpffs('/sys/fs/bpf');
-  const pinDir = join(bpffs, `weir-bench-tp-${process.pid}`);
+  // The sandbox also tears itself down on a signal (netns, cgroups,
+  // processes, and with the netns every rule, set and table).
+  const scr = scratch();
+  scr.defer(() => sb.destroySync(), () => sb.destroy());
+  const files = scr.dir('weir-bench-tp-');
+  const pinDir = scr.pinDir(`weir-bench-tp-${process.pid}`);
   let dp: Datapath | null = null;
+  scr.defer(() => {
+    dp?.uninstall();
+    dp?.close();
+  });
   const helpers = new Map<string, LineHelper>();
-  const cleanupWeir = (): void => {
-    try {
-      dp?.uninstall();
-      dp?.close();
-    } catch {
-      // best effort; the pins are removed below
-    }
-    dp = null;
-    try {
-      removePins(pinDir);
-    } catch {
-      // already gone
-    }
-  };
-  // The sandbox tears itself down on a signal (netns, cgroups, processes,
-  // and with the netns every rule, set and table); the pinned links are ours.
-  const onSignal = (sig: NodeJS.Signals): void => {
-    cleanupWeir();
-    sb.destroySync();
-    rmSync(files, { recursive: true, force: true });
-    process.exit(sig === 'SIGINT' ? 130 : 143);
-  };
-  for (const s of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(s, onSignal);
+  scr.defer(() => {
+    for (const h of helpers.values()) h.close();
+  });
   try {
     const nonePod = sb.pod('bench', 'none');
     const groups: Config[][] = sizes.map((n) => [
@@ -471,7 +457,7 @@ export async function throughput(opts: ThroughputOptions): Promise<ThroughputRes
       await sb.runInNetns(ns('nftables'), ['nft', '-f', f('nft', nftRuleset(cidrs))]);
     }
     dp = await Datapath.open({
-      bpffs,
+      bpffs: BPFFS,
       pinDir,
       podLevel: cgroupLevel(sb.podsCgroupRoot),
       logger: pino({ level: 'silent' }),
@@ -671,11 +657,7 @@ export async function throughput(opts: ThroughputOptions): Promise<ThroughputRes
     opts.log(`  ${noiseLine(noise)}`);
     return { rounds, rows, noise, latencyReruns: overlaps };
   } finally {
-    for (const s of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.off(s, onSignal);
-    for (const h of helpers.values()) h.close();
-    cleanupWeir();
-    await sb.destroy();
-    rmSync(files, { recursive: true, force: true });
+    await scr.close();
   }
 
   /**
