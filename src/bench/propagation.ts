@@ -5,8 +5,8 @@
 // - store: `policy-edit` and `pod-label` change the agent's ObjectStore
 //   directly, which is where both sources deliver (recompile, state writer);
 // - manifests: `policy-file` writes a manifest into the --manifests
-//   directory (inotify, the source's 100 ms debounce, the re-scan, then the
-//   same pipeline);
+//   directory by an atomic rename (inotify, the source's 20 ms quiet period
+//   after a rename, the re-scan, then the same pipeline);
 // - kubernetes: `api policy-edit` and `api pod-label` change an object in
 //   the stand-in API server (src/sandbox/api-server.ts, the one the tests
 //   use), which emits the watch event to the agent's Kubernetes API source
@@ -166,7 +166,7 @@ export async function propagation(opts: { quick: boolean; log: (l: string) => vo
   const bpffs = ensureBpffs('/sys/fs/bpf');
   const rows: PropagationRow[] = [];
   const logger = pino({ level: process.env.WEIR_BENCH_LOG ?? 'silent' });
-  // Quick: 10 samples (a manifest sample takes the source's 100 ms debounce).
+  // Quick: 10 samples.
   const samples = opts.quick ? 10 : 100;
   const home = ownCgroupDir();
   const ctx = Buffer.alloc(192);
@@ -417,7 +417,7 @@ export function propagationMarkdown(rows: PropagationRow[], m: Record<string, st
     '',
     `Machine: ${m['cpu']}, ${m['cores']} cores, kernel ${m['kernel']}, Node ${m['node']}. Command: \`${cmd}\`. Target: p99 under 100 ms.`,
     '',
-    'store: the change made in the agent\'s ObjectStore (where both sources deliver). manifests: a manifest renamed into the --manifests directory (inotify, the source\'s 100 ms debounce, re-scan, then the same pipeline). kubernetes: the object changed in the test API server (src/sandbox/api-server.ts), which emits the watch event to the agent\'s Kubernetes API source (the agent with `kubernetes: {kubeconfig}`, in the same process). "maps written": the StateWriter\'s generation moved. "first packet": weir_egress run with BPF_PROG_TEST_RUN from pod 0\'s cgroup every 1 ms until the packet the change allows passes (it was dropped before); it is the maps time plus up to one probe interval.',
+    'store: the change made in the agent\'s ObjectStore (where both sources deliver). manifests: a manifest renamed into the --manifests directory (inotify, the source\'s 20 ms quiet period after a rename, re-scan, then the same pipeline). kubernetes: the object changed in the test API server (src/sandbox/api-server.ts), which emits the watch event to the agent\'s Kubernetes API source (the agent with `kubernetes: {kubeconfig}`, in the same process). "maps written": the StateWriter\'s generation moved. "first packet": weir_egress run with BPF_PROG_TEST_RUN from pod 0\'s cgroup every 1 ms until the packet the change allows passes (it was dropped before); it is the maps time plus up to one probe interval.',
     '',
     '| pods | policies | source | change | until | samples | p50 ms | p99 ms | max ms | after maps p50 / max ms | probe cost ms |',
     '|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|',

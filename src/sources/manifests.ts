@@ -12,13 +12,24 @@
 // How changes are applied: every watch event (debounced) triggers a full
 // re-scan, and the result is diffed against what this source put into the
 // store: new or changed objects are upserted, objects no longer present are
-// deleted. The file name an event carries is never trusted, only the fact
-// that something changed. A full scan is cheap (unchanged files are
-// recognised by content hash and not re-parsed) and it is the only approach
-// that is right for every way a directory can change, including the
-// ConfigMap `..data` symlink swap and DIR itself being a symlink that is
-// swapped. A periodic re-scan (resyncIntervalMs) covers events the kernel may
-// drop (inotify overflow).
+// deleted. The file name an event carries is never trusted for what is read,
+// only the fact that something changed; it only chooses how long to wait.
+// The re-scan follows the last event of a burst after a quiet period:
+// debounceMs (20 ms) when the burst only replaced, created or deleted
+// entries (an atomic save renames a complete file into place, a ConfigMap
+// swaps its `..data` link to a directory written in full before), and
+// writeDebounceMs (100 ms) when it wrote a manifest file in place (a
+// `change` event naming a manifest, or an event without a name), as a
+// writer that truncates and then writes in several steps does. A burst
+// cannot postpone its scan beyond maxDelayMs (1 s), and a watch-driven scan
+// never starts sooner after the previous one ended than that one took, so
+// a storm of events costs a bounded number of scans and at most about half
+// of a core, however large the directory. A full scan is cheap (unchanged
+// files are recognised by content hash and not re-parsed) and it is the
+// only approach that is right for every way a directory can change,
+// including the ConfigMap `..data` symlink swap and DIR itself being a
+// symlink that is swapped. A periodic re-scan (resyncIntervalMs) covers
+// events the kernel may drop (inotify overflow).
 //
 // Removals wait for the file to settle. A file rewritten in place (truncate,
 // then write: `cat > f`, writeFileSync) can be read half-written, and a
@@ -29,10 +40,11 @@
 // is empty, or is gone), those objects are held, still owned by that file,
 // and the file is read again after settleMs; the removals are applied only
 // by a scan that finds the file still without them and unchanged (inode,
-// size, mtime, content) for settleMs. Upserts are never held: what a read
-// yields is applied at once. A writer that pauses longer than settleMs
-// mid-file still opens the window (docs/operations.md). An explicit
-// rescan() takes the files as final and applies removals at once.
+// size, mtime, content) for settleMs (200 ms, whatever the quiet periods
+// above). Upserts are never held: what a read yields is applied at once. A
+// writer that pauses longer than settleMs mid-file still opens the window
+// (docs/operations.md). An explicit rescan() takes the files as final and
+// applies removals at once.
 //
 // What is watched: each directory the scan reads, with its own
 // non-recursive watch (inotify on Linux) set up before the directory is
@@ -88,10 +100,23 @@ export const MAX_MANIFEST_FILE_BYTES = 10 * 1024 * 1024;
 
 /**
  * How long a file must stay unchanged, still lacking objects it supplied,
- * before they are removed (ManifestSourceOptions.settleMs): twice the
- * default debounce, so a rewrite has at least two quiet periods to finish.
+ * before they are removed (ManifestSourceOptions.settleMs). An absolute time,
+ * not derived from the quiet periods before a re-scan: it was chosen as twice
+ * the 100 ms debounce of the time, and shortening the quiet period for
+ * atomic saves (DEFAULT_DEBOUNCE_MS) must not shorten the time a file
+ * written in steps has to finish.
  */
 export const DEFAULT_SETTLE_MS = 200;
+
+/** Quiet time after the last watch event before re-scanning (ManifestSourceOptions.debounceMs). */
+export const DEFAULT_DEBOUNCE_MS = 20;
+
+/**
+ * Quiet time when the burst wrote a manifest file in place
+ * (ManifestSourceOptions.writeDebounceMs): a writer that truncates and
+ * writes in steps is read once it has been quiet this long.
+ */
+export const DEFAULT_WRITE_DEBOUNCE_MS = 100;
 
 /**
  * What one manifest file may hold (docs/operations.md, "Limits"). The byte
@@ -160,8 +185,18 @@ export interface ManifestSourceOptions {
   onScan?: (result: ScanResult) => void;
   /** Metrics registry; without one no metrics are registered. */
   registry?: Registry;
-  /** Quiet time after the last watch event before re-scanning (default 100 ms). */
+  /**
+   * Quiet time after the last watch event before re-scanning, for a burst
+   * that only replaced, created or deleted entries (an atomic save, a
+   * ConfigMap swap, a deletion): default DEFAULT_DEBOUNCE_MS, 20 ms.
+   */
   debounceMs?: number;
+  /**
+   * Quiet time instead of debounceMs (if longer) when the burst wrote a
+   * manifest file in place (a `change` event naming a manifest file, or an
+   * event without a name): default DEFAULT_WRITE_DEBOUNCE_MS, 100 ms.
+   */
+  writeDebounceMs?: number;
   /** Longest a burst of events can postpone a re-scan (default 1 s). */
   maxDelayMs?: number;
   /** Re-scan this often even without events; 0 disables (default 60 s). */
@@ -432,6 +467,7 @@ export class ManifestSource implements Source {
   private readonly onError: ((error: ManifestError) => void) | undefined;
   private readonly onScan: ((result: ScanResult) => void) | undefined;
   private readonly debounceMs: number;
+  private readonly writeDebounceMs: number;
   private readonly maxDelayMs: number;
   private readonly resyncIntervalMs: number;
   private readonly settleMs: number;
@@ -465,7 +501,13 @@ export class ManifestSource implements Source {
   private watchFailures = 0;
   private rewatchTimer: NodeJS.Timeout | undefined;
   private debounceTimer: NodeJS.Timeout | undefined;
+  /** performance.now() of the first event of the pending burst. */
   private firstEventAt = 0;
+  /** The pending burst wrote a manifest file in place: wait writeDebounceMs. */
+  private burstWrites = false;
+  /** performance.now() when the latest scan ended, and how long it took. */
+  private lastScanEnd = 0;
+  private lastScanMs = 0;
   private resyncTimer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
   private again = false;
@@ -478,7 +520,8 @@ export class ManifestSource implements Source {
     this.log = options.logger.child({ component: 'manifests', dir: this.dir });
     this.onError = options.onError;
     this.onScan = options.onScan;
-    this.debounceMs = options.debounceMs ?? 100;
+    this.debounceMs = options.debounceMs ?? DEFAULT_DEBOUNCE_MS;
+    this.writeDebounceMs = options.writeDebounceMs ?? DEFAULT_WRITE_DEBOUNCE_MS;
     this.maxDelayMs = options.maxDelayMs ?? 1000;
     this.resyncIntervalMs = options.resyncIntervalMs ?? 60_000;
     this.settleMs = options.settleMs ?? DEFAULT_SETTLE_MS;
@@ -568,7 +611,19 @@ export class ManifestSource implements Source {
           this.again = false;
           const final = this.finalWanted;
           this.finalWanted = false;
-          await this.scan(final);
+          const started = performance.now();
+          try {
+            await this.scan(final);
+          } finally {
+            this.lastScanEnd = performance.now();
+            this.lastScanMs = this.lastScanEnd - started;
+          }
+          // Events during the scan asked for another: a watch-driven scan
+          // starts no sooner after the previous one than that one took (an
+          // explicit rescan() does not wait).
+          if (this.again && !this.finalWanted && !this.stopped && this.lastScanMs >= 1) {
+            await new Promise((r) => setTimeout(r, Math.ceil(this.lastScanMs)));
+          }
         } while (this.again && !this.stopped);
       } finally {
         this.running = undefined;
@@ -580,14 +635,27 @@ export class ManifestSource implements Source {
   // -------------------------------------------------------------------------
   // Watching
 
-  private trigger(why: string): void {
+  /**
+   * Schedules a re-scan after the burst this event belongs to; `writes`: the
+   * event says a manifest file was written in place (or does not say what
+   * changed), so the burst waits writeDebounceMs instead of debounceMs.
+   */
+  private trigger(why: string, writes = false): void {
     if (this.stopped) return;
-    const now = Date.now();
-    if (this.debounceTimer === undefined) this.firstEventAt = now;
+    const now = performance.now();
+    if (this.debounceTimer === undefined) {
+      this.firstEventAt = now;
+      this.burstWrites = false;
+    }
+    if (writes) this.burstWrites = true;
     clearTimeout(this.debounceTimer);
     // Trailing-edge debounce, but a steady stream of events cannot postpone
-    // the scan beyond maxDelayMs.
-    const wait = Math.max(0, Math.min(this.debounceMs, this.firstEventAt + this.maxDelayMs - now));
+    // the scan beyond maxDelayMs; and never sooner after the previous scan
+    // than that scan took (a storm on a large directory scans at most about
+    // half the time).
+    const quiet = this.burstWrites ? Math.max(this.writeDebounceMs, this.debounceMs) : this.debounceMs;
+    const due = Math.max(Math.min(now + quiet, this.firstEventAt + this.maxDelayMs), this.lastScanEnd + this.lastScanMs);
+    const wait = Math.max(0, Math.ceil(due - now));
     this.debounceTimer = setTimeout(() => {
       this.debounceTimer = undefined;
       this.log.debug({ why }, 'rescanning');
@@ -664,7 +732,11 @@ export class ManifestSource implements Source {
         // set up again for nothing).
         const entry = this.dirWatches.get(real);
         if (event === 'rename' && (file === null || file === self) && entry?.watcher === watcher) entry.stale = true;
-        this.trigger('change');
+        // A manifest written in place may be read between its writer's
+        // steps: such a burst waits the longer quiet period. Renames,
+        // creations and deletions (an atomic save, a ConfigMap swap) and
+        // writes to temporaries the scan skips wait the short one.
+        this.trigger('change', file === null || (event === 'change' && isManifestName(file)));
       });
       watcher.on('error', (err) => {
         if (this.dirWatches.get(real)?.watcher !== watcher) return;

@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { ObjectStore, type StoreChange } from '../../src/model/store.js';
-import { DEFAULT_SETTLE_MS, isIgnoredName, ManifestSource, type ManifestError, type ManifestSourceOptions, type ScanResult } from '../../src/sources/manifests.js';
+import { DEFAULT_DEBOUNCE_MS, DEFAULT_SETTLE_MS, DEFAULT_WRITE_DEBOUNCE_MS, isIgnoredName, ManifestSource, type ManifestError, type ManifestSourceOptions, type ScanResult } from '../../src/sources/manifests.js';
 
 const FIXTURES = join(dirname(fileURLToPath(import.meta.url)), '..', 'fixtures', 'manifests');
 
@@ -467,7 +467,7 @@ spec:
   test('a file truncated to zero bytes, then rewritten with the same policies within the settle: no delete is ever emitted', async () => {
     const file = join(dir, 'policies.yaml');
     await writeFile(file, twoPolicies());
-    await startSource(dir, { ...NO_RESYNC, debounceMs: 20, settleMs: 1000 });
+    await startSource(dir, { ...NO_RESYNC, debounceMs: 20, writeDebounceMs: 20, settleMs: 1000 });
     const seen = recordChanges();
     const n = scans.length;
     await truncate(file, 0);
@@ -484,7 +484,7 @@ spec:
   test('a file cut at a document boundary (first document only), then completed: no delete is ever emitted', async () => {
     const file = join(dir, 'policies.yaml');
     await writeFile(file, twoPolicies());
-    await startSource(dir, { ...NO_RESYNC, debounceMs: 20, settleMs: 1000 });
+    await startSource(dir, { ...NO_RESYNC, debounceMs: 20, writeDebounceMs: 20, settleMs: 1000 });
     const seen = recordChanges();
     const n = scans.length;
     await writeFile(file, firstDocOnly(twoPolicies(8443))); // in place: truncate, write
@@ -516,7 +516,9 @@ spec:
     // 1, or 2 if a scan caught the file empty between truncation and write.
     expect(logged(HELD)).toEqual([expect.objectContaining({ level: 30, file: 'policies.yaml', count: expect.any(Number), settleMs: DEFAULT_SETTLE_MS })]);
     expect(logged(APPLIED)).toEqual([expect.objectContaining({ level: 30, file: 'policies.yaml', count: 1 })]);
-    expect(DEFAULT_SETTLE_MS).toBe(200); // twice the default debounce
+    // An absolute time: not derived from (nor shortened with) the quiet periods before a re-scan.
+    expect(DEFAULT_SETTLE_MS).toBe(200);
+    expect(DEFAULT_SETTLE_MS).toBeGreaterThanOrEqual(2 * DEFAULT_WRITE_DEBOUNCE_MS);
   });
 
   test('an unlinked file: its objects are removed once the settle has passed', async () => {
@@ -539,7 +541,7 @@ spec:
   test('an editor that unlinks the file and writes it again within the settle: no delete is ever emitted', async () => {
     const file = join(dir, 'policies.yaml');
     await writeFile(file, twoPolicies());
-    await startSource(dir, { ...NO_RESYNC, debounceMs: 20, settleMs: 1000 });
+    await startSource(dir, { ...NO_RESYNC, debounceMs: 20, writeDebounceMs: 20, settleMs: 1000 });
     const seen = recordChanges();
     const n = scans.length;
     await rm(file);
@@ -588,7 +590,7 @@ spec:
     const file = join(dir, 'policies.yaml');
     await writeFile(file, twoPolicies(1000));
     // Scan as often as the watcher allows, so scans land inside the rewrites.
-    await startSource(dir, { ...NO_RESYNC, debounceMs: 1, maxDelayMs: 5 });
+    await startSource(dir, { ...NO_RESYNC, debounceMs: 1, writeDebounceMs: 1, maxDelayMs: 5 });
     const seen = recordChanges();
     let fewest = store.egressPolicies().length;
     store.onChange(() => (fewest = Math.min(fewest, store.egressPolicies().length)));
@@ -621,6 +623,92 @@ spec:
     expect(deletes(seen)).toEqual([]);
     // The scans did read half-written files (otherwise this proves nothing).
     expect(heldScans).toBeGreaterThan(0);
+  });
+});
+
+// The quiet period before a re-scan: short after an atomic save (a rename),
+// longer after a manifest written in place; a storm of events costs a
+// bounded number of scans.
+describe('re-scan timing and event storms', () => {
+  const NO_RESYNC = { resyncIntervalMs: 3_600_000 };
+  const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+  const port = (): unknown => store.get('EgressPolicy', 'ml', 'train-data')?.spec.egress?.[0]?.ports?.[0]?.port;
+
+  test('defaults: 20 ms after renames, creations and deletions, 100 ms after a manifest written in place', () => {
+    expect(DEFAULT_DEBOUNCE_MS).toBe(20);
+    expect(DEFAULT_WRITE_DEBOUNCE_MS).toBe(100);
+  });
+
+  test('an atomic save is applied after the short quiet period; a write in place waits writeDebounceMs', async () => {
+    const file = join(dir, 'policy.yaml');
+    await writeFile(file, policyYaml('Enforce', 1000));
+    await startSource(dir, { ...NO_RESYNC, debounceMs: 20, writeDebounceMs: 1000 });
+    let t = performance.now();
+    await writeAtomic(file, policyYaml('Enforce', 1001)); // a temporary (a dotfile, written), then a rename
+    await waitUntil('the atomic save is applied', () => port() === 1001, 3000);
+    expect(performance.now() - t).toBeLessThan(700);
+    const n = scans.length;
+    t = performance.now();
+    await writeFile(file, policyYaml('Enforce', 1002)); // in place: truncate, write
+    await waitUntil('the write in place is applied', () => port() === 1002, 5000);
+    expect(performance.now() - t).toBeGreaterThanOrEqual(1000 - 5);
+    expect(scans.length - n).toBe(1); // nothing read it half-written
+  });
+
+  test('a burst of 1,000 atomic saves of one file costs a bounded number of scans, and the last save is applied', async () => {
+    const file = join(dir, 'policy.yaml');
+    await writeFile(file, policyYaml('Enforce', 1000));
+    await startSource(dir, NO_RESYNC); // default quiet periods and maxDelayMs
+    const n = scans.length;
+    const t0 = performance.now();
+    for (let i = 1; i <= 1000; i++) await writeAtomicSameTmp(file, policyYaml('Enforce', 1000 + i));
+    const burstMs = performance.now() - t0;
+    await waitUntil('the last save is applied', () => port() === 2000, 5000);
+    await sleep(300);
+    const count = scans.length - n;
+    // A scan per quiet gap of 20 ms in the burst (none, unless the machine stalls) and per maxDelayMs (1 s).
+    expect(count, `${String(count)} scans for 1,000 saves in ${burstMs.toFixed(0)} ms`).toBeLessThanOrEqual(25);
+    expect(count).toBeGreaterThanOrEqual(1);
+  });
+
+  test('a burst of 1,000 writes in place costs a bounded number of scans, and no policy disappears', async () => {
+    const file = join(dir, 'policy.yaml');
+    await writeFile(file, policyYaml('Enforce', 1000));
+    await startSource(dir, NO_RESYNC);
+    let gone = 0;
+    store.onChange((c) => {
+      if (c.type === 'delete') gone++;
+    });
+    const n = scans.length;
+    const t0 = performance.now();
+    for (let i = 1; i <= 1000; i++) writeFileSync(file, policyYaml('Enforce', 1000 + i));
+    const burstMs = performance.now() - t0;
+    await waitUntil('the last write is applied', () => port() === 2000, 5000);
+    await sleep(DEFAULT_SETTLE_MS + 100);
+    const count = scans.length - n;
+    expect(count, `${String(count)} scans for 1,000 writes in ${burstMs.toFixed(0)} ms`).toBeLessThanOrEqual(10);
+    expect(gone).toBe(0);
+  });
+
+  test('a steady stream of events cannot postpone the re-scan beyond maxDelayMs, and scans stay bounded', async () => {
+    const file = join(dir, 'policy.yaml');
+    await writeFile(file, policyYaml('Enforce', 1000));
+    await startSource(dir, { ...NO_RESYNC, debounceMs: 50, maxDelayMs: 250 });
+    const n = scans.length;
+    const t0 = performance.now();
+    let i = 0;
+    let seenDuring = false;
+    // A save every ~5 ms (well inside the quiet period) for 1.5 s.
+    while (performance.now() - t0 < 1500) {
+      await writeAtomicSameTmp(file, policyYaml('Enforce', 1000 + ++i));
+      if (scans.length > n) seenDuring = true;
+      await sleep(5);
+    }
+    await waitUntil('the last save is applied', () => port() === 1000 + i, 3000);
+    expect(seenDuring).toBe(true);
+    const count = scans.length - n;
+    // About one per maxDelayMs (6), more only where the stream paused for 50 ms.
+    expect(count, `${String(count)} scans for ${String(i)} saves in 1.5 s`).toBeLessThanOrEqual(Math.min(30, Math.ceil(i / 5)));
   });
 });
 
