@@ -127,8 +127,14 @@ Napi::Object AbiInfo(Napi::Env env) {
   CONST(WEIR_TRIE_STRIDE);
   CONST(WEIR_TRIE_FANOUT);
   CONST(WEIR_SLOT_CHILD);
+  CONST(WEIR_SLOT_TAIL);
   STRUCT(weir_trie_node);
   FIELD(weir_trie_node, slot);
+  STRUCT(weir_trie_tail);
+  FIELD(weir_trie_tail, addr);
+  FIELD(weir_trie_tail, mask);
+  FIELD(weir_trie_tail, hit);
+  FIELD(weir_trie_tail, miss);
 
   CONST(WEIR_PORT_RANGES_MAX);
   STRUCT(weir_port_range);
@@ -343,6 +349,7 @@ Napi::Object AbiInfo(Napi::Env env) {
   CONST(WEIR_DEFAULT_MAX_ENDPOINTS);
   CONST(WEIR_DEFAULT_MAX_SETS);
   CONST(WEIR_DEFAULT_MAX_NODES);
+  CONST(WEIR_DEFAULT_MAX_TAILS);
   CONST(WEIR_DEFAULT_MAX_CLASSES);
   CONST(WEIR_DEFAULT_CT_ENTRIES);
   CONST(WEIR_DEFAULT_MAX_POD_IPS);

@@ -151,20 +151,43 @@ _Static_assert(sizeof(struct weir_set_value) == 16, "weir_set_value");
  * depth i. A slot is
  *   0                      no rule covers this range (class 0),
  *   WEIR_SLOT_CHILD | n    descend to node n with the next byte,
+ *   WEIR_SLOT_TAIL | t     resolve by tail t (weir_trie_tails, below),
  *   c (c > 0)              the range resolves to port class c.
- * IPv4 needs at most 4 lookups, IPv6 at most 16, each an inlined array
- * access, whatever the number of prefixes: that is what lets the datapath
- * beat a single LPM-trie lookup at 100k prefixes. Identical subtrees are
- * shared between sets (hash-consed in src/datapath/trie-builder.ts).
+ * IPv4 needs at most 4 lookups, IPv6 at most 16 (plus one tail), each an
+ * inlined array access, whatever the number of prefixes: that is what lets
+ * the datapath beat a single LPM-trie lookup at 100k prefixes. Identical
+ * subtrees are shared between sets (hash-consed in src/datapath/trie.ts).
  * Node 0 is never used so that 0 can mean "no node".
  */
 #define WEIR_TRIE_STRIDE 8
 #define WEIR_TRIE_FANOUT 256
 #define WEIR_SLOT_CHILD 0x80000000u
+#define WEIR_SLOT_TAIL  0x40000000u
 struct weir_trie_node {
 	__u32 slot[WEIR_TRIE_FANOUT];
 };
 _Static_assert(sizeof(struct weir_trie_node) == 1024, "weir_trie_node");
+
+/*
+ * weir_trie_tails: ARRAY of path-compressed subtrees. A slot
+ *   WEIR_SLOT_TAIL | t     resolves by tail t: the address masked by
+ *                          t.mask equals t.addr ? t.hit : t.miss
+ * stands for a subtree that holds exactly one prefix (t.addr/len) over one
+ * background class (t.miss): the chain of nodes such a prefix would need
+ * below the point where it parts from every other prefix (up to 15 nodes,
+ * 15 KiB, for an IPv6 /128) becomes one 40-byte entry and one lookup. The
+ * address and mask are whole (16 bytes; IPv4 uses the first 4, the rest of
+ * the mask is 0), so a tail does not depend on its depth and is shared by
+ * content like a node. hit and miss are port classes (never a slot flag).
+ * Tail 0 is never used.
+ */
+struct weir_trie_tail {
+	__u8 addr[16];		/* the prefix, masked, network byte order */
+	__u8 mask[16];
+	__u32 hit;		/* class of an address inside the prefix */
+	__u32 miss;		/* class of any other address under the slot */
+};
+_Static_assert(sizeof(struct weir_trie_tail) == 40, "weir_trie_tail");
 
 /* ---- port classes ------------------------------------------------------ */
 
@@ -599,6 +622,7 @@ _Static_assert(sizeof(struct weir_config) == 32, "weir_config");
 #define WEIR_DEFAULT_MAX_ENDPOINTS  4096
 #define WEIR_DEFAULT_MAX_SETS       4096
 #define WEIR_DEFAULT_MAX_NODES      16384
+#define WEIR_DEFAULT_MAX_TAILS      65536
 #define WEIR_DEFAULT_MAX_CLASSES    16384
 #define WEIR_DEFAULT_CT_ENTRIES     65536
 #define WEIR_DEFAULT_MAX_POD_IPS    (2 * WEIR_DEFAULT_MAX_PODS)	/* dual stack */

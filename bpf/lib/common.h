@@ -64,6 +64,13 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, WEIR_DEFAULT_MAX_TAILS);
+	__type(key, __u32);
+	__type(value, struct weir_trie_tail);
+} weir_trie_tails SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, WEIR_DEFAULT_MAX_CLASSES);
 	__type(key, __u32);
 	__type(value, struct weir_port_class);

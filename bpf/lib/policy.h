@@ -8,9 +8,10 @@
 /*
  * Destination lookup: a multibit trie (stride 8, leaf-pushed) walked one
  * address byte per level, then a port class searched by bisection. Layout
- * in weir_abi.h (struct weir_trie_node, struct weir_port_class). Cost is
- * bounded by the address length, not by the number of prefixes or rules:
- * at most 4 (IPv4) or 16 (IPv6) inlined array lookups plus one class.
+ * in weir_abi.h (struct weir_trie_node, struct weir_trie_tail, struct
+ * weir_port_class). Cost is bounded by the address length, not by the
+ * number of prefixes or rules: at most 4 (IPv4) or 16 (IPv6) inlined array
+ * lookups, one tail and one class.
  */
 static __always_inline __u32 weir_trie_walk(__u32 root, const __u8 *addr, const int depth)
 {
@@ -35,11 +36,77 @@ static __always_inline __u32 weir_trie_walk(__u32 root, const __u8 *addr, const 
 	return 0;
 }
 
+/*
+ * A tail slot: one prefix over one background class (weir_abi.h). The
+ * address is compared under the mask in whole words, no loop; IPv4 reads
+ * only its 4 bytes (the rest of a flow's address may be unset).
+ */
+static __always_inline __u32 weir_tail_class(__u32 s, const __u8 *addr, const int v6)
+{
+	struct weir_trie_tail *t;
+	__u32 key = s & ~WEIR_SLOT_TAIL;
+
+	if (!(s & WEIR_SLOT_TAIL))
+		return s;
+	t = bpf_map_lookup_elem(&weir_trie_tails, &key);
+	if (!t)
+		return 0;
+	if (v6) {
+		__u64 a0, a1, p0, p1, m0, m1;
+
+		__builtin_memcpy(&a0, addr, 8);
+		__builtin_memcpy(&a1, addr + 8, 8);
+		__builtin_memcpy(&p0, t->addr, 8);
+		__builtin_memcpy(&p1, t->addr + 8, 8);
+		__builtin_memcpy(&m0, t->mask, 8);
+		__builtin_memcpy(&m1, t->mask + 8, 8);
+		return (((a0 ^ p0) & m0) | ((a1 ^ p1) & m1)) ? t->miss : t->hit;
+	} else {
+		__u32 a, p, m;
+
+		__builtin_memcpy(&a, addr, 4);
+		__builtin_memcpy(&p, t->addr, 4);
+		__builtin_memcpy(&m, t->mask, 4);
+		return ((a ^ p) & m) ? t->miss : t->hit;
+	}
+}
+
+/*
+ * The destination's class: the walk and its tail, as global functions. A
+ * global function is verified once, on its own, with unknown arguments;
+ * inlined, the 4 + 16 lookups and the tail were verified again on every
+ * path of the program into them (plain egress went past the verifier's
+ * 1M-instruction limit). Arguments are scalars (the address by value), as
+ * global functions need on the oldest kernels weir supports.
+ */
+__attribute__((noinline)) __u32 weir_trie_class4(__u32 root, __u32 a)
+{
+	__u8 addr[4];
+
+	__builtin_memcpy(addr, &a, 4);
+	return weir_tail_class(weir_trie_walk(root, addr, 4), addr, 0);
+}
+
+__attribute__((noinline)) __u32 weir_trie_class6(__u32 root, __u64 a0, __u64 a1)
+{
+	__u8 addr[16];
+
+	__builtin_memcpy(addr, &a0, 8);
+	__builtin_memcpy(addr + 8, &a1, 8);
+	return weir_tail_class(weir_trie_walk(root, addr, 16), addr, 1);
+}
+
 static __always_inline __u32 weir_class_of(const struct weir_set_value *set, const struct weir_flow *f)
 {
-	if (f->family == AF_INET)
-		return weir_trie_walk(set->root4, f->dst, 4);
-	return weir_trie_walk(set->root6, f->dst, 16);
+	__u64 a[2];
+	__u32 a4;
+
+	if (f->family == AF_INET) {
+		__builtin_memcpy(&a4, f->dst, 4);
+		return weir_trie_class4(set->root4, a4);
+	}
+	__builtin_memcpy(a, f->dst, 16);
+	return weir_trie_class6(set->root6, a[0], a[1]);
 }
 
 /*

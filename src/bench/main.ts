@@ -35,12 +35,12 @@ function markdown(rows: PacketCostRow[], m: Record<string, string | number>, cmd
     '',
     'ns per packet, median of runs; "+" columns are added over the empty program measured in the same run.',
     '',
-    '| family | CIDRs | pods | empty | LPM trie + | weir hit + | weir miss (default deny) + | weir deny rule + | trie nodes | trie memory |',
-    '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+    '| family | CIDRs | pods | empty | LPM trie + | weir hit + | weir miss (default deny) + | weir deny rule + | trie nodes | tails | trie memory |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
   ];
   for (const r of rows) {
     lines.push(
-      `| IPv${r.family} | ${r.cidrs} | ${r.pods} | ${f(r.emptyNs)} | ${f(r.lpmNs - r.emptyNs)} | ${f(r.weirHitNs - r.emptyNs)} | ${f(r.weirMissNs - r.emptyNs)} | ${f(r.weirDenyNs - r.emptyNs)} | ${r.trieNodes} | ${(r.trieBytes / 2 ** 20).toFixed(1)} MiB |`,
+      `| IPv${r.family} | ${r.cidrs} | ${r.pods} | ${f(r.emptyNs)} | ${f(r.lpmNs - r.emptyNs)} | ${f(r.weirHitNs - r.emptyNs)} | ${f(r.weirMissNs - r.emptyNs)} | ${f(r.weirDenyNs - r.emptyNs)} | ${r.trieNodes} | ${r.trieTails ?? '–'} | ${(r.trieBytes / 2 ** 20).toFixed(1)} MiB |`,
     );
   }
   return `${lines.join('\n')}\n`;

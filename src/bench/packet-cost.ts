@@ -66,6 +66,9 @@ export interface PacketCostRow {
   weirMissNs: number;
   weirDenyNs: number;
   trieNodes: number;
+  /** Path-compressed single-prefix subtrees (weir_trie_tails, 40 bytes each). */
+  trieTails: number;
+  /** Nodes (1 KiB) and tails (40 bytes). */
   trieBytes: number;
   /** Only on the rows where the connect hook was measured. */
   connect?: ConnectCost;
@@ -280,9 +283,7 @@ export async function packetCost(opts: PacketCostOptions): Promise<PacketCostRow
   writeFileSync(join(ctr, 'cgroup.procs'), String(process.pid));
   try {
     for (const family of [4, 6] as const) {
-      // IPv6 stops at 10k: random long IPv6 prefixes need up to 16 trie nodes
-      // each (no path compression yet), ~1 GiB of nodes at 100k.
-      for (const n of family === 6 ? sizes.filter((x) => x <= 10_000) : sizes) {
+      for (const n of sizes) {
         const allPods = opts.quick ? n === 1000 && family === 4 : n === 1000 || n === sizes[sizes.length - 1];
         for (const pods of allPods ? podCounts : [podCounts[0] ?? 10]) {
           rows.push(await measure(family, n, pods));
@@ -328,16 +329,16 @@ export async function packetCost(opts: PacketCostOptions): Promise<PacketCostRow
       problems: [],
       sets: new Map([['bench', { key: 'bench', policies: [policy], flags: SET_F_VALID | SET_F_E_ISOLATED, entries: [], v4: family === 4 ? flat : [], v6: family === 6 ? flat : [] }]]),
     };
-    // Size the node map from the trie this set really needs (classes are
-    // distinct per flattened prefix at most, so ids up to flat.length).
-    const needed = buildTrie(flat.map((f, i) => ({ prefix: f.prefix, classId: i + 1 }))).nodes.length;
+    // Size the node and tail maps from the trie this set really needs
+    // (classes are distinct per flattened prefix at most, so ids up to flat.length).
+    const needed = buildTrie(flat.map((f, i) => ({ prefix: f.prefix, classId: i + 1 })));
     const pinDir = join(bpffs, `${tag}-${family}-${n}-${pods}`);
     const dp = await Datapath.open({
       bpffs,
       pinDir,
       podLevel: cgroupLevel(podsRoot),
       logger: pino({ level: 'silent' }),
-      capacities: { nodes: needed + 64, pods: pods + 16, sets: 16, classes: Math.max(1024, flat.length + 64) },
+      capacities: { nodes: needed.nodes.length + 64, tails: needed.tails.length + 64, pods: pods + 16, sets: 16, classes: Math.max(1024, flat.length + 64) },
       graceMs: 0,
     });
     try {
@@ -348,6 +349,7 @@ export async function packetCost(opts: PacketCostOptions): Promise<PacketCostRow
       for (let i = 1; i < pods; i++) pm.update(u64Key(BigInt(`0x7f${randomBytes(6).toString('hex')}`)), self ?? encodePodValue({ setId: 1, endpointId: 0, flags: 0 }));
       const usage = dp.writer.usage();
       const trieNodes = usage.weir_nodes?.used ?? 0;
+      const trieTails = usage.weir_trie_tails?.used ?? 0;
 
       // The LPM reference holds the same N prefixes.
       const lpm = ref.map(family === 4 ? 'bench_lpm4' : 'bench_lpm6');
@@ -387,13 +389,14 @@ export async function packetCost(opts: PacketCostOptions): Promise<PacketCostRow
         weirMissNs: time(weirRun(0), frame(family, src, miss)),
         weirDenyNs: time(weirRun(0), frame(family, src, deny)),
         trieNodes,
-        trieBytes: trieNodes * 1024,
+        trieTails,
+        trieBytes: trieNodes * 1024 + trieTails * 40,
       };
       // The connect hook at 1k CIDRs (IPv4 and IPv6) and at 100k (IPv4), 10 pods; quick: IPv4 1k.
       const connectHere = pods === podCounts[0] && (opts.quick ? family === 4 && n === 1000 : n === 1000 || (family === 4 && n === 100_000));
       if (connectHere) row.connect = connectCost(family, prefixes, entries, dp);
       opts.log(
-        `  IPv${family} cidrs=${String(n).padStart(6)} pods=${String(pods).padStart(5)}  empty ${row.emptyNs.toFixed(0)} ns  lpm +${(row.lpmNs - row.emptyNs).toFixed(0)}  weir hit +${(row.weirHitNs - row.emptyNs).toFixed(0)} miss +${(row.weirMissNs - row.emptyNs).toFixed(0)} deny +${(row.weirDenyNs - row.emptyNs).toFixed(0)}  (${trieNodes} trie nodes)`,
+        `  IPv${family} cidrs=${String(n).padStart(6)} pods=${String(pods).padStart(5)}  empty ${row.emptyNs.toFixed(0)} ns  lpm +${(row.lpmNs - row.emptyNs).toFixed(0)}  weir hit +${(row.weirHitNs - row.emptyNs).toFixed(0)} miss +${(row.weirMissNs - row.emptyNs).toFixed(0)} deny +${(row.weirDenyNs - row.emptyNs).toFixed(0)}  (${trieNodes} trie nodes, ${trieTails} tails)`,
       );
       return row;
     } finally {

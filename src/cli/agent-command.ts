@@ -57,6 +57,9 @@ Options:
   --max-pods N           Capacity of the pod map (default ${DEFAULT_CAPACITIES.pods}).
   --max-trie-nodes N     Capacity of the destination trie, 1 KiB per node
                          (default ${DEFAULT_CAPACITIES.nodes}).
+  --max-trie-tails N     Capacity of the trie's tails, 40 bytes each: one per prefix
+                         that parts from all others (default ${DEFAULT_CAPACITIES.tails} or
+                         4 × --max-trie-nodes, whichever is larger).
   --max-port-classes N   Capacity of the port class table (default ${DEFAULT_CAPACITIES.classes}).
   --max-conntrack N      Inbound flows tracked so that their replies pass (default
                          ${DEFAULT_CAPACITIES.conntrack}, 28 bytes + 8 per entry).
@@ -146,6 +149,7 @@ export const agentCommand: Command = {
       'event-interval': { type: 'string' },
       'max-pods': { type: 'string' },
       'max-trie-nodes': { type: 'string' },
+      'max-trie-tails': { type: 'string' },
       'max-port-classes': { type: 'string' },
       'max-conntrack': { type: 'string' },
       'max-fqdn-keys': { type: 'string' },
@@ -196,6 +200,8 @@ export const agentCommand: Command = {
     }
     const nodes = positiveInt('max-trie-nodes', values['max-trie-nodes']);
     if (nodes) capacities.nodes = nodes;
+    const tails = positiveInt('max-trie-tails', values['max-trie-tails']);
+    if (tails) capacities.tails = tails;
     const classes = positiveInt('max-port-classes', values['max-port-classes']);
     if (classes) capacities.classes = classes;
     const conntrack = positiveInt('max-conntrack', values['max-conntrack']);

@@ -12,6 +12,7 @@ export const SIZES = {
   weir_pod_ip_value: 4,
   weir_set_value: 16,
   weir_trie_node: 1024,
+  weir_trie_tail: 40,
   weir_port_range: 8,
   weir_port_class: 8 + 8 * 64,
   weir_counter: 16,
@@ -46,6 +47,10 @@ export const OFFSETS = {
   'weir_set_value.root6': 4,
   'weir_set_value.flags': 8,
   'weir_set_value.generation': 12,
+  'weir_trie_tail.addr': 0,
+  'weir_trie_tail.mask': 16,
+  'weir_trie_tail.hit': 32,
+  'weir_trie_tail.miss': 36,
   'weir_port_class.any_bits': 0,
   'weir_port_class.nranges': 1,
   'weir_port_class.r': 8,
@@ -152,6 +157,7 @@ export const CONST = {
   WEIR_COUNT_SOCKETS: 1,
   WEIR_PORT_RANGES_MAX: 64,
   WEIR_SLOT_CHILD: 0x80000000,
+  WEIR_SLOT_TAIL: 0x40000000,
   WEIR_REC_VERDICT: 1,
   WEIR_REC_DNS: 2,
   WEIR_STAT__MAX: 18,
@@ -309,6 +315,41 @@ export function decodeTrieNode(b: Buffer): Uint32Array {
   const out = new Uint32Array(FANOUT);
   for (let i = 0; i < FANOUT; i++) out[i] = b.readUInt32LE(i * 4);
   return out;
+}
+
+export interface TrieTailValue {
+  /** The prefix's address bytes (4 or 16), masked. */
+  addr: Uint8Array;
+  len: number;
+  hit: number;
+  miss: number;
+}
+
+/** A tail's whole 16-byte address and mask: IPv4 in the first 4 bytes, the rest of the mask 0. */
+export function encodeTrieTail(t: TrieTailValue): Buffer {
+  const b = Buffer.alloc(SIZES.weir_trie_tail);
+  const ao = OFFSETS['weir_trie_tail.addr'];
+  const mo = OFFSETS['weir_trie_tail.mask'];
+  for (let bit = 0; bit < t.len; bit += 8) {
+    const i = bit >> 3;
+    const m = t.len - bit >= 8 ? 0xff : (0xff << (8 - (t.len - bit))) & 0xff;
+    b[mo + i] = m;
+    b[ao + i] = (t.addr[i] ?? 0) & m;
+  }
+  b.writeUInt32LE(t.hit >>> 0, OFFSETS['weir_trie_tail.hit']);
+  b.writeUInt32LE(t.miss >>> 0, OFFSETS['weir_trie_tail.miss']);
+  return b;
+}
+
+export function decodeTrieTail(b: Buffer): { addr: Uint8Array; mask: Uint8Array; hit: number; miss: number } {
+  const ao = OFFSETS['weir_trie_tail.addr'];
+  const mo = OFFSETS['weir_trie_tail.mask'];
+  return {
+    addr: Uint8Array.from(b.subarray(ao, ao + 16)),
+    mask: Uint8Array.from(b.subarray(mo, mo + 16)),
+    hit: b.readUInt32LE(OFFSETS['weir_trie_tail.hit']),
+    miss: b.readUInt32LE(OFFSETS['weir_trie_tail.miss']),
+  };
 }
 
 export interface PortClassValue {

@@ -92,6 +92,8 @@ export interface Capacities {
   endpoints: number;
   sets: number;
   nodes: number;
+  /** weir_trie_tails: path-compressed single-prefix subtrees, 40 bytes each. */
+  tails: number;
   classes: number;
   conntrack: number;
   /** weir_pod_ips: the pods' own addresses; default = 2 × pods (dual stack). */
@@ -113,6 +115,7 @@ export const DEFAULT_CAPACITIES: Capacities = {
   endpoints: 4096,
   sets: 4096,
   nodes: 16384,
+  tails: 65536,
   classes: 16384,
   conntrack: 65536,
   podAddresses: 8192,
@@ -186,6 +189,7 @@ export const MAP_NAMES = [
   'weir_pods',
   'weir_sets',
   'weir_nodes',
+  'weir_trie_tails',
   'weir_classes',
   'weir_counters',
   'weir_stats',
@@ -234,7 +238,7 @@ export interface MapMigration {
  * migrates with them). weir_dns_resolvers refers to nothing: it is carried
  * over like a counter map.
  */
-const POLICY_MAPS: ReadonlySet<MapName> = new Set(['weir_pods', 'weir_pod_ips', 'weir_sets', 'weir_nodes', 'weir_classes', 'weir_fqdn_keys']);
+const POLICY_MAPS: ReadonlySet<MapName> = new Set(['weir_pods', 'weir_pod_ips', 'weir_sets', 'weir_nodes', 'weir_trie_tails', 'weir_classes', 'weir_fqdn_keys']);
 /** Map types whose entries can be read out and written back (not the ring buffer, not socket storage). */
 const COPYABLE_TYPES = new Set(['hash', 'array', 'percpu_hash', 'percpu_array', 'lru_hash', 'lru_percpu_hash']);
 
@@ -311,6 +315,7 @@ export class Datapath {
       podIps: this.map('weir_pod_ips') as WritableMap,
       sets: this.map('weir_sets') as WritableMap,
       nodes: this.map('weir_nodes') as WritableMap,
+      tails: this.map('weir_trie_tails') as WritableMap,
       classes: this.map('weir_classes') as WritableMap,
       fqdnKeys: this.map('weir_fqdn_keys') as WritableMap,
       dnsResolvers: this.map('weir_dns_resolvers') as WritableMap,
@@ -330,6 +335,7 @@ export class Datapath {
       ...DEFAULT_CAPACITIES,
       // A derived default follows the capacity it depends on.
       podAddresses: 2 * (opts.capacities?.pods ?? DEFAULT_CAPACITIES.pods),
+      tails: Math.max(DEFAULT_CAPACITIES.tails, 4 * (opts.capacities?.nodes ?? DEFAULT_CAPACITIES.nodes)),
       ...opts.capacities,
     };
     const objectsDir = opts.objectsDir ?? DEFAULT_OBJECTS_DIR;
@@ -345,6 +351,7 @@ export class Datapath {
       weir_pods: caps.pods,
       weir_sets: caps.sets,
       weir_nodes: caps.nodes,
+      weir_trie_tails: caps.tails,
       weir_classes: caps.classes,
       weir_counters: caps.endpoints * CONST.WEIR_COUNTER_STRIDE,
       weir_ct: caps.conntrack,

@@ -55,6 +55,7 @@ import {
   decodePodValue,
   decodeSetValue,
   decodeTrieNode,
+  decodeTrieTail,
   decodePortClass,
   decodeDnsKey,
   decodeDnsResolverKey,
@@ -69,6 +70,7 @@ import {
   encodePortClass,
   encodeSetValue,
   encodeTrieNode,
+  encodeTrieTail,
   u32Key,
   u64Key,
   type PodValue,
@@ -76,7 +78,7 @@ import {
 } from './abi.js';
 import { CapacityError, IndexAllocator } from './allocator.js';
 
-import { buildTrie, encodeNode, SLOT_CHILD, type BuiltTrie } from './trie.js';
+import { buildTrie, encodeNode, isTailKey, SLOT_CHILD, SLOT_TAIL, type BuiltTrie } from './trie.js';
 
 const POD_F_ADDR_MISSING = CONST.WEIR_POD_F_ADDR_MISSING;
 const SET_F_FQDN = CONST.WEIR_SET_F_FQDN;
@@ -100,6 +102,11 @@ export interface PolicyMaps {
   nodes: WritableMap;
   classes: WritableMap;
   /**
+   * weir_trie_tails: path-compressed subtrees (see trie.ts). A writer
+   * without it builds tries of nodes only.
+   */
+  tails?: WritableMap;
+  /**
    * weir_fqdn_keys and weir_dns_resolvers. A writer without them (tests of
    * the other maps) writes no fqdn keys and no WEIR_SET_F_FQDN flag, and
    * leaves the resolvers alone.
@@ -122,8 +129,11 @@ interface SetRecord {
    * compile now: the adopted nodes and classes it reaches, owned by it
    * (released when it is replaced or removed).
    */
-  held?: { nodes: number[]; classes: number[] };
+  held?: { nodes: number[]; classes: number[]; tails: number[] };
 }
+
+/** The three refcounted, content-keyed kinds of slot a set's trie is made of. */
+type SlotKind = 'nodes' | 'classes' | 'tails';
 
 interface Slot {
   index: number;
@@ -148,6 +158,7 @@ export interface ApplyResult {
   setsWritten: number;
   setsRemoved: number;
   nodesWritten: number;
+  tailsWritten: number;
   classesWritten: number;
   podsWritten: number;
   podsRemoved: number;
@@ -186,7 +197,7 @@ export interface ApplyResult {
 }
 
 export type ReconcileAction = 'added' | 'removed' | 'rewritten';
-export const RECONCILED_MAPS = ['weir_pods', 'weir_pod_ips', 'weir_sets', 'weir_nodes', 'weir_classes', 'weir_fqdn_keys', 'weir_dns_resolvers'] as const;
+export const RECONCILED_MAPS = ['weir_pods', 'weir_pod_ips', 'weir_sets', 'weir_nodes', 'weir_trie_tails', 'weir_classes', 'weir_fqdn_keys', 'weir_dns_resolvers'] as const;
 export type ReconciledMap = (typeof RECONCILED_MAPS)[number];
 export type ReconcileCounts = Record<ReconciledMap, Record<ReconcileAction, number>>;
 
@@ -200,14 +211,14 @@ function zeroCounts(): ReconcileCounts {
 interface Legacy {
   /** Valid adopted sets: id -> value. */
   sets: Map<number, SetValue>;
-  /** Trie nodes and classes reachable from them (indices reserved in the allocators). */
+  /** Trie nodes, tails and classes reachable from them (indices reserved in the allocators). */
   nodes: Set<number>;
   classes: Set<number>;
+  tails: Set<number>;
   /** Encoded content (hex) -> adopted index, for reuse by content. */
-  nodeByContent: Map<string, number>;
-  classByContent: Map<string, number>;
-  /** Per adopted set: the nodes and classes reachable from it (its fqdn keys' classes included). */
-  reach: Map<number, { nodes: number[]; classes: number[] }>;
+  byContent: Record<SlotKind, Map<string, number>>;
+  /** Per adopted set: the nodes, tails and classes reachable from it (its fqdn keys' classes included). */
+  reach: Map<number, { nodes: number[]; classes: number[]; tails: number[] }>;
   /** Per adopted set: its weir_fqdn_keys entries (hex). */
   fqdnBySet: Map<number, string[]>;
   /** weir_fqdn_keys entries of set ids that are not valid sets: deleted first thing. */
@@ -254,10 +265,12 @@ export class StateWriter {
   private readonly setAlloc: IndexAllocator;
   private readonly nodeAlloc: IndexAllocator;
   private readonly classAlloc: IndexAllocator;
+  private readonly tailAlloc: IndexAllocator | null;
   private readonly endpointAlloc: IndexAllocator;
   private readonly sets = new Map<string, SetRecord>();
   private readonly nodes = new Map<string, Slot>();
   private readonly classes = new Map<string, Slot>();
+  private readonly tails = new Map<string, Slot>();
   /** cgroup id (decimal string) -> what was written for it. */
   private readonly pods = new Map<string, { value: PodValue; binding: PodBinding | null }>();
   private readonly endpointsByCgroup = new Map<string, number>();
@@ -286,6 +299,7 @@ export class StateWriter {
     this.setAlloc = new IndexAllocator('weir_sets', 1, maps.sets.maxEntries, caps.graceMs);
     this.nodeAlloc = new IndexAllocator('weir_nodes', 1, maps.nodes.maxEntries, caps.graceMs);
     this.classAlloc = new IndexAllocator('weir_classes', 1, maps.classes.maxEntries, caps.graceMs);
+    this.tailAlloc = maps.tails ? new IndexAllocator('weir_trie_tails', 1, maps.tails.maxEntries, caps.graceMs) : null;
     this.endpointAlloc = new IndexAllocator('endpoints', 0, caps.maxEndpoints, caps.graceMs);
     if (maps.fqdnKeys && !caps.dnsSecret) throw new TypeError('StateWriter: weir_fqdn_keys needs caps.dnsSecret (the key of the name hash)');
     this.dnsSecret = caps.dnsSecret ?? null;
@@ -301,13 +315,13 @@ export class StateWriter {
    * reused or released it, keeps each pod's endpoint id (counters stay
    * attributed), and continues the policy generation. Returns what it found.
    */
-  adopt(): { pods: number; sets: number; nodes: number; classes: number; fqdnKeys: number; resolvers: number; generation: number } {
+  adopt(): { pods: number; sets: number; nodes: number; tails: number; classes: number; fqdnKeys: number; resolvers: number; generation: number } {
     const legacy: Legacy = {
       sets: new Map(),
       nodes: new Set(),
       classes: new Set(),
-      nodeByContent: new Map(),
-      classByContent: new Map(),
+      tails: new Set(),
+      byContent: { nodes: new Map(), classes: new Map(), tails: new Map() },
       reach: new Map(),
       fqdnBySet: new Map(),
       staleFqdn: [],
@@ -329,7 +343,7 @@ export class StateWriter {
       this.podIps.set(k.toString('hex'), decodePodIpValue(id.values.subarray(i * SIZES.weir_pod_ip_value, (i + 1) * SIZES.weir_pod_ip_value)));
     }
     const sd = this.maps.sets.dump();
-    const walked = new Map<number, { children: number[]; classes: number[] }>();
+    const walked = new Map<number, { children: number[]; classes: number[]; tails: number[] }>();
     for (let i = 0; i < sd.count; i++) {
       const id = sd.keys.readUInt32LE(i * 4);
       const v = decodeSetValue(sd.values.subarray(i * SIZES.weir_set_value, (i + 1) * SIZES.weir_set_value));
@@ -337,18 +351,20 @@ export class StateWriter {
       legacy.sets.set(id, v);
       this.setAlloc.reserve(id);
       this.gen = Math.max(this.gen, v.generation);
-      const reach = { nodes: new Set<number>(), classes: new Set<number>() };
+      const reach = { nodes: new Set<number>(), classes: new Set<number>(), tails: new Set<number>() };
       for (const root of [v.root4, v.root6]) this.collectTrie(root, legacy, reach, walked);
-      legacy.reach.set(id, { nodes: [...reach.nodes], classes: [...reach.classes] });
+      legacy.reach.set(id, { nodes: [...reach.nodes], classes: [...reach.classes], tails: [...reach.tails] });
     }
     this.adoptFqdn(legacy);
     for (const n of legacy.nodes) this.nodeAlloc.reserve(n);
     for (const c of legacy.classes) this.classAlloc.reserve(c);
+    for (const t of legacy.tails) this.tailAlloc?.reserve(t);
     this.legacy = legacy;
     return {
       pods: pd.count,
       sets: legacy.sets.size,
       nodes: legacy.nodes.size,
+      tails: legacy.tails.size,
       classes: legacy.classes.size,
       fqdnKeys: this.fqdn.size,
       resolvers: this.resolvers.size,
@@ -387,7 +403,7 @@ export class StateWriter {
         if (legacy.classes.has(cls)) continue;
         legacy.classes.add(cls);
         const content = this.maps.classes.lookup(u32Key(cls))?.toString('hex');
-        if (content !== undefined && !legacy.classByContent.has(content)) legacy.classByContent.set(content, cls);
+        if (content !== undefined && !legacy.byContent.classes.has(content)) legacy.byContent.classes.set(content, cls);
       }
     }
     const resolvers = this.maps.dnsResolvers;
@@ -398,9 +414,20 @@ export class StateWriter {
     }
   }
 
-  /** Walks an adopted trie: records its nodes and classes, and their contents for reuse. */
-  private collectTrie(root: number, legacy: Legacy, reach: { nodes: Set<number>; classes: Set<number> }, walked: Map<number, { children: number[]; classes: number[] }>): void {
+  /** Walks an adopted trie: records its nodes, tails and classes, and their contents for reuse. */
+  private collectTrie(
+    root: number,
+    legacy: Legacy,
+    reach: { nodes: Set<number>; classes: Set<number>; tails: Set<number> },
+    walked: Map<number, { children: number[]; classes: number[]; tails: number[] }>,
+  ): void {
     const stack = root ? [root] : [];
+    const adoptClass = (c: number): void => {
+      if (c === 0 || legacy.classes.has(c) || c >= this.maps.classes.maxEntries) return;
+      legacy.classes.add(c);
+      const hex = this.maps.classes.lookup(u32Key(c))?.toString('hex');
+      if (hex !== undefined && !legacy.byContent.classes.has(hex)) legacy.byContent.classes.set(hex, c);
+    };
     while (stack.length > 0) {
       const n = stack.pop() as number;
       // Index 0 is no node; an index past the map is garbage (written behind the agent's back).
@@ -408,37 +435,51 @@ export class StateWriter {
       reach.nodes.add(n);
       let node = walked.get(n);
       if (!node) {
-        node = { children: [], classes: [] };
+        node = { children: [], classes: [], tails: [] };
         walked.set(n, node);
         legacy.nodes.add(n);
         const raw = this.maps.nodes.lookup(u32Key(n));
         if (raw) {
           const content = raw.toString('hex');
-          if (!legacy.nodeByContent.has(content)) legacy.nodeByContent.set(content, n);
+          if (!legacy.byContent.nodes.has(content)) legacy.byContent.nodes.set(content, n);
           const classes = new Set<number>();
+          const tails = new Set<number>();
           for (const s of decodeTrieNode(raw)) {
             if (s & SLOT_CHILD) node.children.push(s & ~SLOT_CHILD);
+            else if (s & SLOT_TAIL) tails.add(s & ~SLOT_TAIL);
             else if (s) classes.add(s);
           }
-          node.classes = [...classes];
-          for (const c of node.classes) {
-            if (legacy.classes.has(c) || c >= this.maps.classes.maxEntries) continue;
-            legacy.classes.add(c);
-            const hex = this.maps.classes.lookup(u32Key(c))?.toString('hex');
-            if (hex !== undefined && !legacy.classByContent.has(hex)) legacy.classByContent.set(hex, c);
+          // A tail's classes count as the node's: they go and come with it.
+          for (const t of tails) {
+            const tailsMap = this.maps.tails;
+            if (!tailsMap || t === 0 || t >= tailsMap.maxEntries) continue;
+            node.tails.push(t);
+            const tv = tailsMap.lookup(u32Key(t));
+            if (!legacy.tails.has(t)) {
+              legacy.tails.add(t);
+              const hex = tv?.toString('hex');
+              if (hex !== undefined && !legacy.byContent.tails.has(hex)) legacy.byContent.tails.set(hex, t);
+            }
+            if (!tv) continue;
+            const d = decodeTrieTail(tv);
+            if (d.hit) classes.add(d.hit);
+            if (d.miss) classes.add(d.miss);
           }
+          node.classes = [...classes];
+          for (const c of node.classes) adoptClass(c);
         }
       }
       for (const c of node.classes) reach.classes.add(c);
+      for (const t of node.tails) reach.tails.add(t);
       stack.push(...node.children);
     }
   }
 
-  /** An adopted node or class whose content is exactly `buf`: it is kept where it is (not released). */
-  private claim(kind: 'nodes' | 'classes', buf: Buffer): number | undefined {
+  /** An adopted node, tail or class whose content is exactly `buf`: it is kept where it is (not released). */
+  private claim(kind: SlotKind, buf: Buffer): number | undefined {
     const l = this.legacy;
     if (!l) return undefined;
-    const byContent = kind === 'nodes' ? l.nodeByContent : l.classByContent;
+    const byContent = l.byContent[kind];
     const hex = buf.toString('hex');
     const index = byContent.get(hex);
     if (index === undefined) return undefined;
@@ -447,12 +488,23 @@ export class StateWriter {
     return index;
   }
 
+  private slotsOf(kind: SlotKind): Map<string, Slot> {
+    return kind === 'nodes' ? this.nodes : kind === 'tails' ? this.tails : this.classes;
+  }
+
+  private allocOf(kind: SlotKind): IndexAllocator {
+    const a = kind === 'nodes' ? this.nodeAlloc : kind === 'tails' ? this.tailAlloc : this.classAlloc;
+    if (!a) throw new Error('weir_trie_tails is not available to this writer');
+    return a;
+  }
+
   apply(state: DesiredState, bindings: PodBinding[]): ApplyResult {
     const res: ApplyResult = {
       generation: this.gen,
       setsWritten: 0,
       setsRemoved: 0,
       nodesWritten: 0,
+      tailsWritten: 0,
       classesWritten: 0,
       podsWritten: 0,
       podsRemoved: 0,
@@ -639,7 +691,9 @@ export class StateWriter {
       }
       for (const n of legacy.nodes) this.nodeAlloc.release(n);
       for (const c of legacy.classes) this.classAlloc.release(c);
+      for (const t of legacy.tails) this.tailAlloc?.release(t);
       counts.weir_nodes.removed += legacy.nodes.size;
+      counts.weir_trie_tails.removed += legacy.tails.size;
       counts.weir_classes.removed += legacy.classes.size;
       this.legacy = null;
       res.reconciled = counts;
@@ -671,17 +725,14 @@ export class StateWriter {
   private keepAdopted(key: string, id: number, legacy: Legacy): void {
     const value = legacy.sets.get(id) as SetValue;
     legacy.sets.delete(id);
-    const held = { nodes: [] as number[], classes: [] as number[] };
-    const reach = legacy.reach.get(id) ?? { nodes: [], classes: [] };
-    for (const n of reach.nodes) {
-      if (!legacy.nodes.delete(n)) continue; // kept by another set first
-      held.nodes.push(n);
-      for (const [hex, i] of legacy.nodeByContent) if (i === n) legacy.nodeByContent.delete(hex);
-    }
-    for (const c of reach.classes) {
-      if (!legacy.classes.delete(c)) continue;
-      held.classes.push(c);
-      for (const [hex, i] of legacy.classByContent) if (i === c) legacy.classByContent.delete(hex);
+    const held = { nodes: [] as number[], classes: [] as number[], tails: [] as number[] };
+    const reach = legacy.reach.get(id) ?? { nodes: [], classes: [], tails: [] };
+    for (const kind of ['nodes', 'classes', 'tails'] as const) {
+      for (const n of reach[kind]) {
+        if (!legacy[kind].delete(n)) continue; // kept by another set first
+        held[kind].push(n);
+        for (const [hex, i] of legacy.byContent[kind]) if (i === n) legacy.byContent[kind].delete(hex);
+      }
     }
     const fqdnKeys = legacy.fqdnBySet.get(id) ?? [];
     legacy.fqdnBySet.delete(id);
@@ -693,6 +744,7 @@ export class StateWriter {
     if (!rec.held) return;
     for (const n of rec.held.nodes) this.nodeAlloc.release(n);
     for (const c of rec.held.classes) this.classAlloc.release(c);
+    for (const t of rec.held.tails) this.tailAlloc?.release(t);
     rec.held = undefined;
   }
 
@@ -801,9 +853,10 @@ export class StateWriter {
    */
   private writeSet(key: string, desired: DesiredSet, contentKey: string, gen: number, res: ApplyResult, adopted?: number): { release: () => void; written: boolean } {
     const classKeys: string[] = [];
+    /** Node and tail keys (isTailKey tells them apart). */
     const nodeKeys: string[] = [];
     /** Slots this call added to the mirror (new, or claimed from the adopted state). */
-    const created: { kind: 'nodes' | 'classes'; key: string; index: number; claimed?: string }[] = [];
+    const created: { kind: SlotKind; key: string; index: number; claimed?: string }[] = [];
     try {
       return this.writeSetSlots(key, desired, contentKey, gen, res, adopted, classKeys, nodeKeys, created);
     } catch (err) {
@@ -812,17 +865,17 @@ export class StateWriter {
         if (s) s.refs--;
       }
       for (const k of nodeKeys) {
-        const s = this.nodes.get(k);
+        const s = this.slotsOf(isTailKey(k) ? 'tails' : 'nodes').get(k);
         if (s) s.refs--;
       }
       for (const c of created) {
-        (c.kind === 'nodes' ? this.nodes : this.classes).delete(c.key);
+        this.slotsOf(c.kind).delete(c.key);
         if (c.claimed !== undefined && this.legacy) {
           // Back to the adopted state it came from (it may be a last good version kept below).
-          (c.kind === 'nodes' ? this.legacy.nodeByContent : this.legacy.classByContent).set(c.claimed, c.index);
+          this.legacy.byContent[c.kind].set(c.claimed, c.index);
           this.legacy[c.kind].add(c.index);
         } else {
-          (c.kind === 'nodes' ? this.nodeAlloc : this.classAlloc).release(c.index);
+          this.allocOf(c.kind).release(c.index);
         }
       }
       throw err;
@@ -838,7 +891,7 @@ export class StateWriter {
     adopted: number | undefined,
     classKeys: string[],
     nodeKeys: string[],
-    created: { kind: 'nodes' | 'classes'; key: string; index: number; claimed?: string }[],
+    created: { kind: SlotKind; key: string; index: number; claimed?: string }[],
   ): { release: () => void; written: boolean } {
     const classIds = new Map<string, number>();
     const newClasses: { index: number; buf: Buffer }[] = [];
@@ -876,16 +929,48 @@ export class StateWriter {
     }
 
     const build = (flat: FlatPrefix[]): BuiltTrie =>
-      buildTrie(flat.map((f) => ({ prefix: f.prefix, classId: classIds.get(f.key) ?? 0 })));
+      buildTrie(
+        flat.map((f) => ({ prefix: f.prefix, classId: classIds.get(f.key) ?? 0 })),
+        { tails: this.tailAlloc !== null },
+      );
     const t4 = build(desired.v4);
     const t6 = build(desired.v6);
     const newNodes: { index: number; buf: Buffer }[] = [];
     const indexOf = (k: string): number => {
-      const s = this.nodes.get(k);
+      const s = this.slotsOf(isTailKey(k) ? 'tails' : 'nodes').get(k);
       if (!s) throw new Error(`trie node ${k} used before it was allocated`);
       return s.index;
     };
     const seen = new Set<string>();
+    // Tails first: the nodes written below point at them.
+    const newTails: { index: number; buf: Buffer }[] = [];
+    for (const t of [t4, t6]) {
+      for (const spec of t.tails) {
+        if (seen.has(spec.key)) continue;
+        seen.add(spec.key);
+        let slot = this.tails.get(spec.key);
+        if (!slot) {
+          const buf = encodeTrieTail({ addr: spec.prefix.bytes, len: spec.prefix.len, hit: spec.hit, miss: spec.miss });
+          const reused = this.claim('tails', buf);
+          if (reused !== undefined) {
+            slot = { index: reused, refs: 0 };
+            created.push({ kind: 'tails', key: spec.key, index: reused, claimed: buf.toString('hex') });
+          } else {
+            slot = { index: this.allocOf('tails').alloc(), refs: 0 };
+            created.push({ kind: 'tails', key: spec.key, index: slot.index });
+            newTails.push({ index: slot.index, buf });
+          }
+          this.tails.set(spec.key, slot);
+        }
+        slot.refs++;
+        nodeKeys.push(spec.key);
+      }
+    }
+    if (newTails.length > 0) {
+      this.batchWrite(this.maps.tails as WritableMap, newTails);
+      res.tailsWritten += newTails.length;
+      if (this.counts) this.counts.weir_trie_tails.added += newTails.length;
+    }
     for (const t of [t4, t6]) {
       for (const spec of t.nodes) {
         if (seen.has(spec.key)) continue;
@@ -1095,10 +1180,12 @@ export class StateWriter {
 
   private unref(nodeKeys: string[], classKeys: string[]): void {
     for (const k of nodeKeys) {
-      const s = this.nodes.get(k);
+      const kind = isTailKey(k) ? 'tails' : 'nodes';
+      const slots = this.slotsOf(kind);
+      const s = slots.get(k);
       if (s && --s.refs === 0) {
-        this.nodes.delete(k);
-        this.nodeAlloc.release(s.index);
+        slots.delete(k);
+        this.allocOf(kind).release(s.index);
       }
     }
     for (const k of classKeys) {
@@ -1156,6 +1243,7 @@ export class StateWriter {
       weir_sets: { used: this.setAlloc.inUse, capacity: this.maps.sets.maxEntries - 1 },
       weir_nodes: { used: this.nodeAlloc.inUse, capacity: this.maps.nodes.maxEntries - 1 },
       weir_classes: { used: this.classAlloc.inUse, capacity: this.maps.classes.maxEntries - 1 },
+      ...(this.maps.tails && this.tailAlloc ? { weir_trie_tails: { used: this.tailAlloc.inUse, capacity: this.maps.tails.maxEntries - 1 } } : {}),
       endpoints: { used: this.endpointAlloc.inUse, capacity: this.endpointAlloc.capacity },
       ...(this.maps.fqdnKeys ? { weir_fqdn_keys: { used: this.fqdn.size, capacity: this.maps.fqdnKeys.maxEntries } } : {}),
       ...(this.maps.dnsResolvers ? { weir_dns_resolvers: { used: this.resolvers.size, capacity: this.maps.dnsResolvers.maxEntries } } : {}),

@@ -31,6 +31,7 @@ export function agentLoadOptions(podLevel: number): Pick<LoadOptions, 'maxEntrie
     weir_pods: caps.pods,
     weir_sets: caps.sets,
     weir_nodes: caps.nodes,
+    weir_trie_tails: caps.tails,
     weir_classes: caps.classes,
     weir_counters: caps.endpoints * CONST.WEIR_COUNTER_STRIDE,
     weir_ct: caps.conntrack,

@@ -37,6 +37,7 @@ import {
   decodePortClass,
   decodeSetValue,
   decodeTrieNode,
+  decodeTrieTail,
   encodePodIpKey,
   encodePodIpValue,
   encodePodValue,
@@ -1149,6 +1150,7 @@ function resolvedMaps(pinDir: string): { pods: Map<string, string[]>; addresses:
   const dump = withPinned(pinDir, 'weir_pods', (m) => m.dump());
   withPinned(pinDir, 'weir_sets', (sets) =>
     withPinned(pinDir, 'weir_nodes', (nodes) =>
+      withPinned(pinDir, 'weir_trie_tails', (tails) =>
       withPinned(pinDir, 'weir_classes', (classes) => {
         for (let i = 0; i < dump.count; i++) {
           const cg = dump.keys.readBigUInt64LE(i * 8).toString();
@@ -1159,10 +1161,18 @@ function resolvedMaps(pinDir: string): { pods: Map<string, string[]>; addresses:
           const out = [`flags=${set.flags}`];
           for (const d of DESTS) {
             const a = addressBytes(d.addr);
-            const cls = walkEncoded(a.family === 4 ? set.root4 : set.root6, a.bytes, (n) => {
-              const b = nodes.lookup(u32Key(n));
-              return b ? decodeTrieNode(b) : undefined;
-            });
+            const cls = walkEncoded(
+              a.family === 4 ? set.root4 : set.root6,
+              a.bytes,
+              (n) => {
+                const b = nodes.lookup(u32Key(n));
+                return b ? decodeTrieNode(b) : undefined;
+              },
+              (t) => {
+                const b = tails.lookup(u32Key(t));
+                return b ? decodeTrieTail(b) : undefined;
+              },
+            );
             const c = cls ? decodePortClass(classes.lookup(u32Key(cls)) as Buffer) : { anyBits: 0, ranges: [] };
             const bits = c.anyBits | c.ranges.filter((r) => r.proto === d.proto && r.lo <= d.port && d.port <= r.hi).reduce((x, r) => x | r.bits, 0);
             out.push(`${d.addr}:${d.port}/${d.proto}=${decide(set.flags, bits).verdict}`);
@@ -1170,6 +1180,7 @@ function resolvedMaps(pinDir: string): { pods: Map<string, string[]>; addresses:
           pods.set(cg, out);
         }
       }),
+      ),
     ),
   );
   const addresses = new Map<string, string>();

@@ -189,6 +189,7 @@ describe('a restarted agent adopts the pinned keys and resolvers', () => {
       podIps: m('weir_pod_ips'),
       sets: m('weir_sets'),
       nodes: m('weir_nodes'),
+      tails: m('weir_trie_tails'),
       classes: m('weir_classes'),
       fqdnKeys: m('weir_fqdn_keys'),
       dnsResolvers: m('weir_dns_resolvers'),

@@ -11,7 +11,9 @@ import {
 } from '../../src/policy/compile.js';
 import type { Policy, Rule } from '../../src/policy/normalize.js';
 import { addressBytes, parsePrefix, prefixContains, hostPrefix, type Prefix } from '../../src/policy/prefix.js';
-import { buildTrie, encodeNode, walkEncoded } from '../../src/datapath/trie.js';
+import { buildTrie, encodeNode, walkEncoded, type EncodedTail } from '../../src/datapath/trie.js';
+import { decodeTrieTail, encodeTrieTail } from '../../src/datapath/abi.js';
+import { createHash } from 'node:crypto';
 
 const policy: Policy = {
   id: 'EgressPolicy/t/p',
@@ -41,7 +43,7 @@ function directBits(es: Entry[], ip: string, proto: number, port: number | null)
   return bits;
 }
 
-function trieBits(es: Entry[], ip: string, proto: number, port: number | null): number {
+function trieBits(es: Entry[], ip: string, proto: number, port: number | null, tails = true): number {
   const { family, bytes } = addressBytes(ip);
   const flat = flatten(es, family);
   const ids = new Map<string, number>();
@@ -52,15 +54,26 @@ function trieBits(es: Entry[], ip: string, proto: number, port: number | null): 
       classes.set(ids.size, f.cls);
     }
   }
-  const t = buildTrie(flat.map((f) => ({ prefix: f.prefix, classId: ids.get(f.key) ?? 0 })));
+  const t = buildTrie(
+    flat.map((f) => ({ prefix: f.prefix, classId: ids.get(f.key) ?? 0 })),
+    { tails },
+  );
+  if (!tails) expect(t.tails).toEqual([]);
+  // Through the encoded form, as the datapath reads it: tails and nodes have their own indices.
   const index = new Map<string, number>();
+  const tailStore = new Map<number, EncodedTail>();
+  for (const x of t.tails) {
+    index.set(x.key, tailStore.size + 1);
+    const b = encodeTrieTail({ addr: x.prefix.bytes, len: x.prefix.len, hit: x.hit, miss: x.miss });
+    tailStore.set(tailStore.size + 1, decodeTrieTail(b));
+  }
   const store = new Map<number, Uint32Array>();
   for (const n of t.nodes) {
-    index.set(n.key, index.size + 1);
-    store.set(index.size, encodeNode(n, (k) => index.get(k) ?? 0));
+    index.set(n.key, store.size + 1);
+    store.set(store.size + 1, encodeNode(n, (k) => index.get(k) ?? 0));
   }
   const root = t.rootKey ? (index.get(t.rootKey) ?? 0) : 0;
-  const cls = walkEncoded(root, bytes, (i) => store.get(i));
+  const cls = walkEncoded(root, bytes, (i) => store.get(i), (i) => tailStore.get(i));
   const c = classes.get(cls);
   return c ? classBits(c, proto, port) : 0;
 }
@@ -137,16 +150,61 @@ describe('flatten + trie', () => {
     fc.assert(
       fc.property(fc.array(entryArb, { minLength: 1, maxLength: 12 }), ipArb, fc.constantFrom(6, 17, 132, 1), fc.integer({ min: 0, max: 55 }), (es, ip, proto, port) => {
         const p = proto === 1 ? null : port;
-        expect(trieBits(es, ip, proto, p)).toBe(directBits(es, ip, proto, p));
+        const want = directBits(es, ip, proto, p);
+        expect(trieBits(es, ip, proto, p)).toBe(want);
+        expect(trieBits(es, ip, proto, p, false)).toBe(want);
       }),
       { numRuns: 2000 },
     );
   });
 
+  it('property: with tails, random IPv6 rules of every length resolve like the direct evaluation', () => {
+    // Addresses that share long runs of bytes, so prefixes part at every depth.
+    const word = fc.constantFrom(0, 1, 0xfff0, 0x8000); // never ::ffff:a.b.c.d (parsed as IPv4)
+    const ipArb = fc.array(word, { minLength: 8, maxLength: 8 }).map((ws) => ws.map((w) => w.toString(16)).join(':'));
+    const entryArb = fc.tuple(ipArb, fc.integer({ min: 0, max: 128 }), fc.constantFrom(1, 2, 4, 8), fc.integer({ min: 0, max: 24 })).map(([ip, len, bits, extra]) => {
+      const prefix = parsePrefix(`${ip}/${len}`);
+      const except = extra > 0 && len + extra <= 128 ? [{ family: 6 as const, bytes: Uint8Array.from(prefix.bytes), len: len + extra }] : [];
+      const e: Entry = { prefix, except, bits, ports: null, policy, rule };
+      return e;
+    });
+    fc.assert(
+      fc.property(fc.array(entryArb, { minLength: 1, maxLength: 10 }), ipArb, (es, ip) => {
+        const want = directBits(es, ip, 6, 80);
+        expect(trieBits(es, ip, 6, 80)).toBe(want);
+        expect(trieBits(es, ip, 6, 80, false)).toBe(want);
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
+  it('a prefix that parts from every other one is a tail, not a chain of nodes', () => {
+    // 1,000 random /128s under 2001:db8::/32: without tails each needs its own
+    // nodes down to byte 15; with tails only the bytes where they part.
+    const prefixes = Array.from({ length: 1000 }, (_, i) => {
+      const bytes = new Uint8Array(16);
+      bytes.set(createHash('sha256').update(String(i)).digest().subarray(0, 16));
+      bytes.set([0x20, 0x01, 0x0d, 0xb8]);
+      return { prefix: { family: 6 as const, bytes, len: 128 }, classId: (i % 7) + 1 };
+    });
+    const sorted = [...prefixes].sort((a, b) => Buffer.compare(Buffer.from(a.prefix.bytes), Buffer.from(b.prefix.bytes)));
+    const plain = buildTrie(sorted, { tails: false });
+    const compressed = buildTrie(sorted);
+    expect(plain.tails).toHaveLength(0);
+    expect(plain.nodes.length).toBeGreaterThan(1000 * 9);
+    expect(compressed.tails).toHaveLength(1000);
+    // Root (byte 0) to byte 4 is one chain; byte 4 parts 1,000 prefixes into at most 256 groups.
+    expect(compressed.nodes.length).toBeLessThan(4 + 1 + 256);
+    for (const t of compressed.tails) expect(t.prefix.len).toBe(128);
+  });
+
   it('identical subtrees are stored once (hash-consing)', () => {
     const es = [entry('10.1.2.3/32', BIT_E_ALLOW, null), entry('10.1.3.3/32', BIT_E_ALLOW, null)];
     const flat = flatten(es, 4);
-    const t = buildTrie(flat.map((f) => ({ prefix: f.prefix, classId: 1 })));
+    const t = buildTrie(
+      flat.map((f) => ({ prefix: f.prefix, classId: 1 })),
+      { tails: false },
+    );
     // root, 10., 10.1., and one shared last-level node for both /24s.
     expect(t.nodes.length).toBe(4);
   });

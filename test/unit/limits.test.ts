@@ -322,10 +322,11 @@ describe('a policy with 100,000 rules', () => {
     }
   });
 
-  test('trie capacity: 10,000 scattered CIDRs, each with its own ports, need more nodes than weir_nodes holds by default (the set is then refused whole, see map-full.test.ts)', () => {
+  test('trie capacity: 10,000 scattered CIDRs, each with its own ports, cost one tail each over shared upper nodes (without tails they would need more nodes than weir_nodes holds by default)', () => {
     // Identical subtrees are shared, so the worst case needs distinct
     // classes (rule i: its own port) and addresses scattered at every byte:
-    // then every IPv4 /32 costs up to two nodes of its own, every IPv6 /128 about 14.
+    // then, without tails, every IPv4 /32 costs up to two nodes of its own,
+    // every IPv6 /128 about 14; with tails, one 40-byte tail each.
     let seed = 12345;
     const rnd = (): number => {
       seed ^= seed << 13;
@@ -339,14 +340,25 @@ describe('a policy with 100,000 rules', () => {
       prefix: { family: 4 as const, bytes: Uint8Array.from([i & 255, i >> 8, rnd(), rnd()]), len: 32 },
       classId: i + 1,
     }));
-    const t4 = buildTrie(v4);
     const v6 = Array.from({ length: 1_200 }, (_, i) => ({
       prefix: { family: 6 as const, bytes: Uint8Array.from(Array.from({ length: 16 }, rnd)), len: 128 },
       classId: i + 1,
     }));
+    const plain4 = buildTrie(v4, { tails: false });
+    const plain6 = buildTrie(v6, { tails: false });
+    expect(plain4.nodes.length).toBeGreaterThan(DEFAULT_CAPACITIES.nodes);
+    expect(plain6.nodes.length).toBeGreaterThan(DEFAULT_CAPACITIES.nodes);
+    const t4 = buildTrie(v4);
     const t6 = buildTrie(v6);
-    if (report) console.info(`[limits] trie nodes: 10,000 scattered IPv4 /32 -> ${t4.nodes.length}; 1,200 scattered IPv6 /128 -> ${t6.nodes.length}`);
-    expect(t4.nodes.length).toBeGreaterThan(DEFAULT_CAPACITIES.nodes);
-    expect(t6.nodes.length).toBeGreaterThan(DEFAULT_CAPACITIES.nodes);
+    expect(t4.tails).toHaveLength(10_000);
+    expect(t6.tails).toHaveLength(1_200);
+    expect(t4.nodes.length + t6.nodes.length).toBeLessThan(DEFAULT_CAPACITIES.nodes / 16);
+    expect(t4.tails.length + t6.tails.length).toBeLessThan(DEFAULT_CAPACITIES.tails);
+    if (report) {
+      console.info(
+        `[limits] 10,000 scattered IPv4 /32 -> ${t4.nodes.length} nodes + ${t4.tails.length} tails (${plain4.nodes.length} nodes without tails); ` +
+          `1,200 scattered IPv6 /128 -> ${t6.nodes.length} nodes + ${t6.tails.length} tails (${plain6.nodes.length} without)`,
+      );
+    }
   });
 });
