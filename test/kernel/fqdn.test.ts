@@ -11,8 +11,6 @@
 // the resolvers, which the model here has no DNS Service for, are written
 // straight into weir_dns_resolvers (test/helpers/fqdn.ts).
 // test/kernel/fqdn-writer.test.ts writes everything from the model.
-import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -37,9 +35,9 @@ import { addressBytes } from '../../src/policy/prefix.js';
 import { DNS, buildMessage, ptr, referenceParse, udpFrame, type Message } from '../helpers/dns-wire.js';
 import { FqdnWriter, learnedOf } from '../helpers/fqdn.js';
 import { KernelBed, inCgroup, nonLoopbackIfindex, type TestPod } from '../helpers/kernel.js';
+import { inPodNetns, netnsSetup, type Step } from '../helpers/netns-child.js';
 import { IPPROTO, TCP_ACK, TCP_SYN, packet, skbContext } from '../helpers/packets.js';
 
-const PYTHON = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
 const RESOLVER = '10.96.0.10';
 const RESOLVER6 = 'fd00:96::10';
 const NAME = 'api.models.example.com';
@@ -205,63 +203,6 @@ function pendingQueries(p: FqdnPod): number {
 // ---- a child process in the pod: connect(), and the whole DNS round trip ---------
 
 const CHILD_PY = String.raw`
-import errno, fcntl, json, os, socket, struct, sys
-cg, steps = sys.argv[1], json.loads(sys.argv[2])
-with open(os.path.join(cg, 'cgroup.procs'), 'w') as f:
-    f.write(str(os.getpid()))
-
-def name(e):
-    return errno.errorcode.get(e.errno, str(e.errno)) if isinstance(e, OSError) and e.errno else type(e).__name__
-
-def fam(host):
-    return socket.AF_INET6 if ':' in host else socket.AF_INET
-
-def tcp(host, port):
-    # The destination is an address of this namespace, so only weir can refuse the connect.
-    lst = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)  # dual stack
-    cli = socket.socket(socket.AF_INET6 if host.startswith('::ffff:') else fam(host), socket.SOCK_STREAM)
-    try:
-        lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        lst.bind(('::', port)); lst.listen(4)
-        cli.settimeout(1)
-        try:
-            cli.connect((host, port))
-        except OSError as e:
-            return 'connect ' + name(e)
-        return 'ok'
-    finally:
-        cli.close(); lst.close()
-
-def csum(b):
-    if len(b) % 2:
-        b += b'\0'
-    s = sum(struct.unpack('!%dH' % (len(b) // 2), b))
-    while s >> 16:
-        s = (s & 0xffff) + (s >> 16)
-    return ~s & 0xffff
-
-def inject(src, sport, dst, dport, payload):
-    # A datagram arriving from outside: a frame written on the veth peer v1.
-    udp = struct.pack('!HHHH', sport, dport, 8 + len(payload), 0) + payload
-    if fam(src) == socket.AF_INET:
-        ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
-                         socket.inet_aton(src), socket.inet_aton(dst))
-        ip = ip[:10] + struct.pack('!H', csum(ip)) + ip[12:]
-        ethertype = b'\x08\x00'
-    else:
-        s6, d6 = socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)
-        pseudo = s6 + d6 + struct.pack('!I3xB', len(udp), 17)
-        udp = udp[:6] + struct.pack('!H', csum(pseudo + udp) or 0xffff) + udp[8:]
-        ip = struct.pack('!IHBB16s16s', 0x60000000, len(udp), 17, 64, s6, d6)
-        ethertype = b'\x86\xdd'
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-    try:
-        peer = fcntl.ioctl(s.fileno(), 0x8927, struct.pack('256s', b'v0'))[18:24]
-        s.bind(('v1', 0))
-        s.send(peer + bytes.fromhex('020000000099') + ethertype + ip + udp)
-    finally:
-        s.close()
-
 def resolve_connect(own, lport, resolver, qhex, ahex, host, port):
     # getaddrinfo() by hand: the query goes out, the answer comes in, and the
     # connect follows the moment the answer is read.
@@ -270,7 +211,7 @@ def resolve_connect(own, lport, resolver, qhex, ahex, host, port):
         s.settimeout(1)
         s.bind(('::' if fam(resolver) == socket.AF_INET6 else '0.0.0.0', lport))
         s.sendto(bytes.fromhex(qhex), (resolver, 53))
-        inject(resolver, 53, own, lport, bytes.fromhex(ahex))
+        inject('v1', resolver, 53, own, lport, bytes.fromhex(ahex))
         try:
             s.recvfrom(2048)
         except socket.timeout:
@@ -278,42 +219,13 @@ def resolve_connect(own, lport, resolver, qhex, ahex, host, port):
     finally:
         s.close()
     return tcp(host, port)
-
-out = []
-for step in steps:
-    try:
-        out.append(globals()[step[0]](*step[1:]))
-    except Exception as e:
-        out.append('error ' + name(e) + ' ' + str(e))
-print(json.dumps(out))
 `;
-
-type Step = [string, ...unknown[]];
 
 /** Runs the steps in the pod's cgroup, in a network namespace with the pod's addresses and `local` ones on v0. */
 function inPod(p: FqdnPod, local: string[], steps: Step[]): string[] {
-  const setup = [
-    'set -e',
-    'ip link set lo up',
-    'ip link add v0 type veth peer name v1',
-    `ip addr add ${p.ip}/24 dev v0`,
-    `ip -6 addr add ${p.ip6}/64 dev v0 nodad`,
-    ...local.map((a) => (a.includes(':') ? `ip -6 addr add ${a}/128 dev v0 nodad` : `ip addr add ${a}/32 dev v0`)),
-    'ip link set v0 up',
-    'ip link set v1 up',
-    'ip route add default dev v0',
-    'ip -6 route add default dev v0',
-    'echo 0 > /proc/sys/net/ipv4/conf/all/rp_filter',
-    'echo 0 > /proc/sys/net/ipv4/conf/v0/rp_filter',
-  ].join('\n');
-  const r = spawnSync('unshare', ['--net', '--', '/bin/sh', '-c', `${setup}\nexec ${PYTHON} -c "$WEIR_CHILD_PY" "$@"`, 'child', p.pod.container(), JSON.stringify(steps)], {
-    encoding: 'utf8',
-    timeout: 30_000,
-    env: { ...process.env, WEIR_CHILD_PY: CHILD_PY },
-  });
-  expect(r.status, `child failed: ${r.stderr}`).toBe(0);
-  const lines = r.stdout.trim().split('\n');
-  return JSON.parse(lines[lines.length - 1] ?? '[]') as string[];
+  const v4 = local.filter((a) => !a.includes(':')).map((a) => `${a}/32`);
+  const v6 = local.filter((a) => a.includes(':')).map((a) => `${a}/128`);
+  return inPodNetns(p.pod.container(), netnsSetup([`${p.ip}/24`, ...v4], [`${p.ip6}/64`, ...v6]), steps, CHILD_PY);
 }
 
 // ---------------------------------------------------------------------------------------

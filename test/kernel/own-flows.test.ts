@@ -12,10 +12,9 @@
 //    recorded as an inbound flow when the remote answers, so it does not
 //    survive the removal of its allowance as a "reply". A flow a remote
 //    opened still is, and the pod's replies to it still pass.
-import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KernelBed, inCgroup, nonLoopbackIfindex, type TestPod } from '../helpers/kernel.js';
+import { inPodNetns, netnsSetup, type Step } from '../helpers/netns-child.js';
 import { IPPROTO, TCP_ACK, TCP_SYN, packet, skbContext, type PacketSpec } from '../helpers/packets.js';
 import { cgroupIdOf } from '../../src/datapath/cgroups.js';
 import { CONST, decodeCtKey, decodePodValue, encodePodIpKey, encodePodValue, u64Key, type RawEvent } from '../../src/datapath/abi.js';
@@ -24,8 +23,6 @@ import { Datapath } from '../../src/datapath/datapath.js';
 import { addressBytes, bytesToAddress } from '../../src/policy/prefix.js';
 import { REASON_BY_CODE, VERDICT_CODES } from '../../src/policy/verdict.js';
 import { pino } from 'pino';
-
-const PYTHON = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
 
 let bed: KernelBed;
 let ctx: Buffer;
@@ -71,17 +68,6 @@ function networkPolicy(namespace: string, name: string, podLabels: Record<string
 // ---- the child: python3 in the pod's cgroup, in a network namespace of its own ----
 
 const CHILD_PY = String.raw`
-import errno, fcntl, json, os, socket, struct, sys
-cg, steps = sys.argv[1], json.loads(sys.argv[2])
-with open(os.path.join(cg, 'cgroup.procs'), 'w') as f:
-    f.write(str(os.getpid()))
-
-def name(e):
-    return errno.errorcode.get(e.errno, str(e.errno)) if isinstance(e, OSError) and e.errno else type(e).__name__
-
-def fam(host):
-    return socket.AF_INET6 if ':' in host else socket.AF_INET
-
 def udp_echo(host, port):
     # A UDP echo server on the wildcard address and a client, both in this pod.
     srv = socket.socket(fam(host), socket.SOCK_DGRAM)
@@ -108,53 +94,6 @@ def udp_echo(host, port):
         return 'ok'
     finally:
         srv.close(); cli.close()
-
-def tcp(host, port):
-    lst = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)  # dual stack
-    cli = socket.socket(fam(host), socket.SOCK_STREAM)
-    try:
-        lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        lst.bind(('::', port)); lst.listen(4)
-        cli.settimeout(1)
-        try:
-            cli.connect((host, port))
-        except OSError as e:
-            return 'connect ' + name(e)
-        return 'ok'
-    finally:
-        cli.close(); lst.close()
-
-def csum(b):
-    if len(b) % 2:
-        b += b'\0'
-    s = sum(struct.unpack('!%dH' % (len(b) // 2), b))
-    while s >> 16:
-        s = (s & 0xffff) + (s >> 16)
-    return ~s & 0xffff
-
-def inject(ifname, src, sport, dst, dport, payload=b'pong'):
-    # An answer arriving from outside: a frame written on the veth peer.
-    udp = struct.pack('!HHHH', sport, dport, 8 + len(payload), 0) + payload
-    if fam(src) == socket.AF_INET:
-        ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
-                         socket.inet_aton(src), socket.inet_aton(dst))
-        ip = ip[:10] + struct.pack('!H', csum(ip)) + ip[12:]
-        ethertype = b'\x08\x00'
-    else:
-        s6, d6 = socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)
-        pseudo = s6 + d6 + struct.pack('!I3xB', len(udp), 17)
-        udp = udp[:6] + struct.pack('!H', csum(pseudo + udp) or 0xffff) + udp[8:]
-        ip = struct.pack('!IHBB16s16s', 0x60000000, len(udp), 17, 64, s6, d6)
-        ethertype = b'\x86\xdd'
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-    try:
-        # SIOCGIFHWADDR of the receiving end (v0): this netns has no sysfs of its own.
-        peer = fcntl.ioctl(s.fileno(), 0x8927, struct.pack('256s', b'v0'))[18:24]
-        eth = peer + bytes.fromhex('020000000099') + ethertype
-        s.bind((ifname, 0))
-        s.send(eth + ip + udp)
-    finally:
-        s.close()
 
 def udp_flow(own, lport, host, port, connect=False, answer=True):
     # The pod sends from lport to host:port (sendto, or connect()+send()) and the remote answers.
@@ -198,48 +137,10 @@ def udp_serve(own, lport, host, port):
         return 'ok'
     finally:
         s.close()
-
-out = []
-for step in steps:
-    kind = step[0]
-    try:
-        out.append(globals()[kind](*step[1:]))
-    except Exception as e:
-        out.append('error ' + name(e) + ' ' + str(e))
-print(json.dumps(out))
 `;
 
-/** Network namespace setup: the pod's addresses on a veth whose peer (v1) injects answers; default routes through it. */
-function netnsSetup(v4: string[], v6: string[]): string {
-  return [
-    'set -e',
-    'ip link set lo up',
-    'ip link add v0 type veth peer name v1',
-    ...v4.map((a) => `ip addr add ${a} dev v0`),
-    ...v6.map((a) => `ip -6 addr add ${a} dev v0 nodad`),
-    'ip link set v0 up',
-    'ip link set v1 up',
-    'ip route add default dev v0',
-    ...(v6.length > 0 ? ['ip -6 route add default dev v0'] : []),
-    'echo 0 > /proc/sys/net/ipv4/conf/all/rp_filter',
-    'echo 0 > /proc/sys/net/ipv4/conf/v0/rp_filter',
-  ].join('\n');
-}
-
-type Step = [string, ...unknown[]];
-
 /** Runs the steps in the pod's container cgroup, in a fresh network namespace; returns each step's outcome. */
-function inPodNetns(pod: TestPod, setup: string, steps: Step[]): string[] {
-  const script = `${setup}\nexec ${PYTHON} -c "$WEIR_CHILD_PY" "$@"`;
-  const r = spawnSync('unshare', ['--net', '--', '/bin/sh', '-c', script, 'child', pod.container(), JSON.stringify(steps)], {
-    encoding: 'utf8',
-    timeout: 30_000,
-    env: { ...process.env, WEIR_CHILD_PY: CHILD_PY },
-  });
-  expect(r.status, `child failed: ${r.stderr}`).toBe(0);
-  const lines = r.stdout.trim().split('\n');
-  return JSON.parse(lines[lines.length - 1] ?? '[]') as string[];
-}
+const inPod = (pod: TestPod, setup: string, steps: Step[]): string[] => inPodNetns(pod.container(), setup, steps, CHILD_PY);
 
 function testRun(pod: TestPod, program: 'weir_egress' | 'weir_ingress', spec: PacketSpec): number {
   return inCgroup(pod.container(), () => bed.dp.testRun(program, { data: packet(spec), ctx }).retval);
@@ -303,13 +204,13 @@ describe("a pod's traffic to its own address (Kubernetes never isolates a pod fr
 
   it("a UDP echo to the pod's own address on the allowed port: the server's reply to the client is not judged", () => {
     // Before the fix the reply (x/a:81 -> x/a:<ephemeral>) was refused by sendmsg4.
-    expect(inPodNetns(self, setup(), [['udp_echo', OWN, 81], ['udp_echo', OWN6, 81]])).toEqual(['ok', 'ok']);
+    expect(inPod(self, setup(), [['udp_echo', OWN, 81], ['udp_echo', OWN6, 81]])).toEqual(['ok', 'ok']);
   });
 
   it('the pod reaches itself on ports and protocols its policy does not allow, TCP and UDP, IPv4, IPv6 and IPv4-mapped', () => {
     const drops = sockets(self, 'drop');
     expect(
-      inPodNetns(self, setup(), [
+      inPod(self, setup(), [
         ['tcp', OWN, 80],
         ['udp_echo', OWN, 80],
         ['tcp', OWN6, 80],
@@ -327,7 +228,7 @@ describe("a pod's traffic to its own address (Kubernetes never isolates a pod fr
     // x/a -> x/b:81/UDP is allowed and arrives; the answer (sent by x/a's own
     // server socket, which received it on x/b's address) goes to x/b's
     // address, not x/a's: it is judged, and refused.
-    expect(inPodNetns(self, setup(), [['tcp', OTHER, 80], ['udp_echo', OTHER, 80], ['udp_echo', OTHER, 81]])).toEqual([
+    expect(inPod(self, setup(), [['tcp', OTHER, 80], ['udp_echo', OTHER, 80], ['udp_echo', OTHER, 81]])).toEqual([
       'connect EPERM',
       'send EPERM',
       'reply EPERM',
@@ -390,7 +291,7 @@ describe('a UDP flow the pod opened is not recorded as an inbound flow when the 
 
   it('before any policy: sendto and connected flows get their answers; a remote-opened flow is answered', () => {
     expect(
-      inPodNetns(client, setup(), [
+      inPod(client, setup(), [
         ['udp_flow', OWN, 31000, '203.0.113.50', 80], // sendto (sendmsg4)
         ['udp_flow', OWN, 31002, '203.0.113.60', 80, true], // connect()+send()
         ['udp_flow', OWN6, 31004, '2001:db8::60', 80, true], // connected, IPv6
@@ -411,13 +312,13 @@ describe('a UDP flow the pod opened is not recorded as an inbound flow when the 
     expect(testRun(client, 'weir_egress', udp(OWN, 31002, '203.0.113.60', 80))).toBe(0);
     expect(testRun(client, 'weir_egress', udp(OWN6, 31004, '2001:db8::60', 80))).toBe(0);
     // And at the socket: the same sendto from the same port is refused.
-    expect(inPodNetns(client, setup(), [['udp_flow', OWN, 31000, '203.0.113.50', 80, false, false]])).toEqual(['send EPERM']);
+    expect(inPod(client, setup(), [['udp_flow', OWN, 31000, '203.0.113.50', 80, false, false]])).toEqual(['send EPERM']);
   });
 
   it('the flow the remote opened still passes as a reply (packet and socket), and is counted as one', () => {
     const replies = sockets(client, 'reply');
     expect(testRun(client, 'weir_egress', udp(OWN, 5300, '203.0.113.61', 5353))).toBe(1);
-    expect(inPodNetns(client, setup(), [['udp_flow', OWN, 5300, '203.0.113.61', 5353, false, false]])).toEqual(['ok']);
+    expect(inPod(client, setup(), [['udp_flow', OWN, 5300, '203.0.113.61', 5353, false, false]])).toEqual(['ok']);
     expect(sockets(client, 'reply')).toBe(replies + 1n);
   });
 
@@ -431,7 +332,7 @@ describe('a UDP flow the pod opened is not recorded as an inbound flow when the 
   it('a socket that remembers sending to a remote still gets nothing through by that alone', () => {
     // 31000 -> 203.0.113.50:80 is remembered on the socket (the answer was not
     // recorded); a new socket on the same port, denied, sends again: refused.
-    expect(inPodNetns(client, setup(), [['udp_flow', OWN, 31000, '203.0.113.50', 80, false, false], ['udp_flow', OWN6, 31006, '2001:db8::50', 80]])).toEqual([
+    expect(inPod(client, setup(), [['udp_flow', OWN, 31000, '203.0.113.50', 80, false, false], ['udp_flow', OWN6, 31006, '2001:db8::50', 80]])).toEqual([
       'send EPERM',
       'send EPERM',
     ]);
@@ -468,7 +369,7 @@ describe('a full map: the drops it may cause carry reason map-full (the verdict 
 
   it('weir_ct full: a UDP send from a bound port (maybe a reply whose entry was evicted) is refused as map-full; a connect is not a reply and stays default-deny', () => {
     bed.dp.setNodeFlags(CONST.WEIR_NODE_F_CT_FULL);
-    expect(inPodNetns(pod, setup(), [['udp_flow', OWN, 5301, '203.0.113.80', 99, false, false], ['tcp', '203.0.113.81', 99]])).toEqual(['send EPERM', 'connect EPERM']);
+    expect(inPod(pod, setup(), [['udp_flow', OWN, 5301, '203.0.113.80', 99, false, false], ['tcp', '203.0.113.81', 99]])).toEqual(['send EPERM', 'connect EPERM']);
     expect(reasons()).toEqual(['map-full', 'default-deny']);
     // The per-packet program: a TCP segment that is not a bare SYN, while the flag is set.
     const seg = { src: OWN, dst: '203.0.113.82', proto: IPPROTO.TCP, sport: 40000, dport: 99, tcpFlags: TCP_ACK };
@@ -477,7 +378,7 @@ describe('a full map: the drops it may cause carry reason map-full (the verdict 
     expect(reasons()).toEqual(['map-full', 'default-deny']);
     // Flag cleared: the same send is a policy drop again.
     bed.dp.setNodeFlags(0);
-    expect(inPodNetns(pod, setup(), [['udp_flow', OWN, 5302, '203.0.113.80', 99, false, false]])).toEqual(['send EPERM']);
+    expect(inPod(pod, setup(), [['udp_flow', OWN, 5302, '203.0.113.80', 99, false, false]])).toEqual(['send EPERM']);
     expect(testRun(pod, 'weir_egress', { ...seg, dst: '203.0.113.84' })).toBe(0); // another flow: .82 was reported within the event interval
     expect(reasons()).toEqual(['default-deny', 'default-deny']);
   });
@@ -494,15 +395,15 @@ describe('a full map: the drops it may cause carry reason map-full (the verdict 
     expect(ipBefore).not.toBeNull();
     try {
       ipm.delete(ipKey);
-      expect(inPodNetns(pod, setup(), [['tcp', OWN, 80]])).toEqual(['connect EPERM']);
+      expect(inPod(pod, setup(), [['tcp', OWN, 80]])).toEqual(['connect EPERM']);
       expect(reasons()).toEqual(['default-deny']); // without the flag: indistinguishable
       pm.update(u64Key(cg), encodePodValue({ ...decodePodValue(before), flags: decodePodValue(before).flags | CONST.WEIR_POD_F_ADDR_MISSING }));
-      expect(inPodNetns(pod, setup(), [['tcp', OWN, 80], ['tcp', '203.0.113.83', 99]])).toEqual(['connect EPERM', 'connect EPERM']);
+      expect(inPod(pod, setup(), [['tcp', OWN, 80], ['tcp', '203.0.113.83', 99]])).toEqual(['connect EPERM', 'connect EPERM']);
       expect(reasons()).toEqual(['map-full', 'map-full']);
     } finally {
       pm.update(u64Key(cg), before);
       ipm.update(ipKey, ipBefore);
     }
-    expect(inPodNetns(pod, setup(), [['tcp', OWN, 80]])).toEqual(['ok']);
+    expect(inPod(pod, setup(), [['tcp', OWN, 80]])).toEqual(['ok']);
   });
 });
