@@ -27,7 +27,7 @@ import { LocalApi, LocalApiError } from './local-api.js';
 import { ObserveHub, type ObserveFilter } from './observe.js';
 import { policyDigest } from './policy-digest.js';
 import { AuditLog, type AuditLogOptions } from '../audit/audit-log.js';
-import { AttributionCache, IsoClock, ProcessNameCache, fastAddress } from './attribution.js';
+import { AttributionCache, IsoClock, ProcessNameCache, fastAddress, type Attribution } from './attribution.js';
 import type { EventReporter, EventReporterOptions, policyReference } from '../report/k8s-events.js';
 import { AgentMetrics, type KernelCountSample } from '../report/metrics.js';
 import { logEvent } from '../report/logger.js';
@@ -689,31 +689,10 @@ export class Agent {
     let rule = '';
     if (ep && this.state) {
       const dp = ep.desired;
-      {
-        const x = this.attribution.attribution(this.state, dp, destination, family, e.dst, e.proto, PORTED.has(e.proto) ? e.dport : null);
-        const pick = (kind: 'allow' | 'deny', mode: 'Enforce' | 'Audit'): string[] =>
-          x.matches.filter((m) => m.kind === kind && m.mode === mode).map((m) => m.rule);
-        const selected = (mode: 'Enforce' | 'Audit'): string[] =>
-          x.selectedBy.filter((id) => this.policyModes.get(id) === mode);
-        let rules: string[] = [];
-        if (reason === 'deny-rule') rules = pick('deny', 'Enforce');
-        else if (reason === 'audit-deny-rule') rules = pick('deny', 'Audit');
-        if (rules.length > 0) {
-          policy = rules.map((r) => r.split(' ')[0]).join(',');
-          rule = rules.join(',');
-        } else if (reason === 'default-deny' || reason === 'audit-default-deny') {
-          policy = selected(reason === 'default-deny' ? 'Enforce' : 'Audit').join(',');
-          rule = 'no allow rule matched';
-        } else if (reason === 'l4-unknown') {
-          policy = selected(verdict === 'drop' ? 'Enforce' : 'Audit').join(',');
-          rule = 'transport header not readable: judged as any port, no port-less allow rule matched';
-        } else if (reason === 'not-compiled') {
-          policy = selected('Enforce').join(',');
-          rule = 'policy did not compile: its pods are isolated with nothing allowed until it does';
-        } else if (reason === 'map-full') {
-          rule = 'not a policy decision: weir_ct (or weir_pod_ips) is full, so this may be a reply or own-address packet whose entry could not be kept';
-        }
-      }
+      const x = this.attribution.attribution(this.state, dp, destination, family, e.dst, e.proto, PORTED.has(e.proto) ? e.dport : null);
+      const pr = this.policyAndRule(x, reason, verdict);
+      policy = pr.policy;
+      rule = pr.rule;
     }
     return {
       time: this.isoClock.now(),
@@ -736,6 +715,57 @@ export class Agent {
       hook: HOOK_NAMES[e.hook] ?? String(e.hook),
       generation: e.generation,
     };
+  }
+
+  /**
+   * policyAndRule() per attribution (the cache's objects live as long as
+   * their state), reason and, for l4-unknown, verdict; valid while
+   * policyModes is the same map (it is replaced with the state).
+   */
+  private readonly policyRuleCache = new WeakMap<Attribution, { modes: Map<string, 'Enforce' | 'Audit'>; byReason: Map<string, { policy: string; rule: string }> }>();
+
+  /** The `policy` and `rule` of a violation, from its attribution (same strings every time for the same inputs: cached). */
+  private policyAndRule(x: Attribution, reason: string, verdict: string): { policy: string; rule: string } {
+    let c = this.policyRuleCache.get(x);
+    if (c === undefined || c.modes !== this.policyModes) {
+      c = { modes: this.policyModes, byReason: new Map() };
+      this.policyRuleCache.set(x, c);
+    }
+    const key = reason === 'l4-unknown' ? `${reason}\n${verdict}` : reason;
+    let pr = c.byReason.get(key);
+    if (pr === undefined) {
+      pr = this.derivePolicyAndRule(x, reason, verdict);
+      if (c.byReason.size < 64) c.byReason.set(key, pr);
+    }
+    return pr;
+  }
+
+  private derivePolicyAndRule(x: Attribution, reason: string, verdict: string): { policy: string; rule: string } {
+    let policy = '';
+    let rule = '';
+    const pick = (kind: 'allow' | 'deny', mode: 'Enforce' | 'Audit'): string[] =>
+      x.matches.filter((m) => m.kind === kind && m.mode === mode).map((m) => m.rule);
+    const selected = (mode: 'Enforce' | 'Audit'): string[] =>
+      x.selectedBy.filter((id) => this.policyModes.get(id) === mode);
+    let rules: string[] = [];
+    if (reason === 'deny-rule') rules = pick('deny', 'Enforce');
+    else if (reason === 'audit-deny-rule') rules = pick('deny', 'Audit');
+    if (rules.length > 0) {
+      policy = rules.map((r) => r.split(' ')[0]).join(',');
+      rule = rules.join(',');
+    } else if (reason === 'default-deny' || reason === 'audit-default-deny') {
+      policy = selected(reason === 'default-deny' ? 'Enforce' : 'Audit').join(',');
+      rule = 'no allow rule matched';
+    } else if (reason === 'l4-unknown') {
+      policy = selected(verdict === 'drop' ? 'Enforce' : 'Audit').join(',');
+      rule = 'transport header not readable: judged as any port, no port-less allow rule matched';
+    } else if (reason === 'not-compiled') {
+      policy = selected('Enforce').join(',');
+      rule = 'policy did not compile: its pods are isolated with nothing allowed until it does';
+    } else if (reason === 'map-full') {
+      rule = 'not a policy decision: weir_ct (or weir_pod_ips) is full, so this may be a reply or own-address packet whose entry could not be kept';
+    }
+    return { policy, rule };
   }
 
   private kernelCounts(): KernelCountSample[] {
