@@ -690,6 +690,43 @@ describe('re-scan timing and event storms', () => {
     expect(gone).toBe(0);
   });
 
+  test('a ConfigMap swap to a directory written slowly (pauses far past the quiet period) is read complete: nothing changes before the swap, all of it after', async () => {
+    const nsYaml = (edit: number): string => `apiVersion: v1\nkind: Namespace\nmetadata: {name: ml, labels: {edit: "${String(edit)}"}}\n`;
+    const policyOnly = (p: number): string => policyYaml('Enforce', p).slice(policyYaml('Enforce', p).indexOf('---\n') + 4);
+    await mkdir(join(dir, '..2024_01_01'));
+    await writeFile(join(dir, '..2024_01_01', 'ns.yaml'), nsYaml(1));
+    await writeFile(join(dir, '..2024_01_01', 'policy.yaml'), policyOnly(1000));
+    await symlink('..2024_01_01', join(dir, '..data'));
+    await symlink('..data/ns.yaml', join(dir, 'ns.yaml'));
+    await symlink('..data/policy.yaml', join(dir, 'policy.yaml'));
+    await startSource(dir, NO_RESYNC); // default quiet periods: 20 ms after the directory's creation
+    expect(port()).toBe(1000);
+    const seen: StoreChange['type'][] = [];
+    store.onChange((c) => seen.push(c.type));
+    const n = scans.length;
+    // The kubelet writes the new data directory in full before it swaps ..data.
+    await mkdir(join(dir, '..2024_01_02'));
+    await sleep(150);
+    await writeFile(join(dir, '..2024_01_02', 'ns.yaml'), nsYaml(2));
+    await sleep(150);
+    const text = policyOnly(1001);
+    const fh = await open(join(dir, '..2024_01_02', 'policy.yaml'), 'w');
+    await fh.write(text.slice(0, text.length / 2));
+    await sleep(150);
+    await fh.write(text.slice(text.length / 2));
+    await fh.close();
+    await sleep(150);
+    expect(scans.length).toBeGreaterThan(n); // the directory's creation was seen and scanned
+    expect(seen).toEqual([]);
+    await symlink('..2024_01_02', join(dir, '..data_tmp'));
+    await rename(join(dir, '..data_tmp'), join(dir, '..data'));
+    await rm(join(dir, '..2024_01_01'), { recursive: true });
+    await waitUntil('the swap is applied', () => port() === 1001 && store.namespace('ml')?.metadata.labels?.['edit'] === '2', 2000);
+    await sleep(DEFAULT_SETTLE_MS + 100);
+    expect(seen).toEqual(['upsert', 'upsert']);
+    expect(errors).toEqual([]);
+  });
+
   test('a steady stream of events cannot postpone the re-scan beyond maxDelayMs, and scans stay bounded', async () => {
     const file = join(dir, 'policy.yaml');
     await writeFile(file, policyYaml('Enforce', 1000));
