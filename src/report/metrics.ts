@@ -184,6 +184,8 @@ export class AgentMetrics {
   private readonly violationCounts = new Map<string, ViolationCount>();
   /** The series of violationCounts with a count to add, in the order they were first counted. */
   private violationQueue: ViolationCount[] = [];
+  /** The series violation() counted last (one of violationCounts). */
+  private lastViolationCount: ViolationCount | undefined;
   /** Workloads that have series, and since when each has had no pod here. */
   private readonly workloads = new Map<string, { key: Labels; goneSince: number | null }>();
   private readonly policiesGone = new Map<string, number>();
@@ -520,15 +522,20 @@ export class AgentMetrics {
       this.violations.inc({ namespace: v.namespace, workload, domain: v.domain, verdict: v.verdict, reason: v.reason, policy: v.policy }, count);
       return;
     }
-    const k = `${v.namespace}\n${workload}\n${v.domain}\n${v.verdict}\n${v.reason}\n${v.policy}`;
-    let s = this.violationCounts.get(k);
-    // The key is only a hint (a value could hold a newline): the series is the one whose labels are equal.
+    // Most events of a batch are of the series of the one before: no key to make then.
+    let s = this.lastViolationCount;
     if (s === undefined || !sameViolationLabels(s.labels, v, workload)) {
-      const labels = { namespace: v.namespace, workload, domain: v.domain, verdict: v.verdict, reason: v.reason, policy: v.policy };
-      s = { labels, pending: 0, queued: false };
-      this.violationCounts.set(k, s);
-      this.violationSeries.set(keyOf(labels), labels);
-      this.touchWorkload(labels);
+      const k = `${v.namespace}\n${workload}\n${v.domain}\n${v.verdict}\n${v.reason}\n${v.policy}`;
+      s = this.violationCounts.get(k);
+      // The key is only a hint (a value could hold a newline): the series is the one whose labels are equal.
+      if (s === undefined || !sameViolationLabels(s.labels, v, workload)) {
+        const labels = { namespace: v.namespace, workload, domain: v.domain, verdict: v.verdict, reason: v.reason, policy: v.policy };
+        s = { labels, pending: 0, queued: false };
+        this.violationCounts.set(k, s);
+        this.violationSeries.set(keyOf(labels), labels);
+        this.touchWorkload(labels);
+      }
+      this.lastViolationCount = s;
     }
     s.pending += count;
     if (!s.queued) {
@@ -614,6 +621,7 @@ export class AgentMetrics {
       for (const [k, r] of this.retired) if (ofExpired(r.labels)) this.retired.delete(k);
       for (const k of expired) this.workloads.delete(k);
       this.violationCounts.clear();
+      this.lastViolationCount = undefined;
     }
 
     let policyExpired = (_: string): boolean => false;
@@ -636,6 +644,7 @@ export class AgentMetrics {
         this.violations.remove(l);
         this.violationSeries.delete(k);
         this.violationCounts.clear();
+        this.lastViolationCount = undefined;
       }
     }
   }
