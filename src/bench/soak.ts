@@ -25,8 +25,7 @@
 // succeeded. Results: bench/results/<name>.json and .md (name: soak for the
 // default 20 minutes, soak-<N>min otherwise, or --name). Exit 1 if a check
 // fails. Needs root.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createServer } from 'node:net';
+import type { ChildProcess } from 'node:child_process';
 import { createWriteStream, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, release, tmpdir, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -37,6 +36,7 @@ import type { AgentStatus } from '../agent/agent.js';
 import { CONST, counterIndex, decodePerCpuCounter, decodePodValue, u32Key, u64Key } from '../datapath/abi.js';
 import { cgroupIdOf } from '../datapath/cgroups.js';
 import { BpfMap } from '../native/index.js';
+import { spawnAgent, waitReady, WEIR_CLI as WEIR } from '../sandbox/agent-process.js';
 import { Prober, startProbeServer, startTcpStream, type ProbeProcess, type ProberRequest } from '../sandbox/probe-runner.js';
 import { writeFileAtomic } from '../sandbox/manifests.js';
 import { Sandbox, type SandboxPod } from '../sandbox/sandbox.js';
@@ -44,7 +44,6 @@ import type { SandboxSpec } from '../sandbox/spec.js';
 import { BPFFS, scratch } from './scratch.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
-const WEIR = join(root, 'dist/cli/weir.js');
 const SVC4 = '10.20.0.10';
 const SVC6 = 'fd00:10:20::10';
 const NET4 = '203.0.113.10';
@@ -326,43 +325,26 @@ async function main(): Promise<number> {
     servers.push(await startProbeServer(sb, { host: 'svc' }, { tcp: [8080, 9000], udp: [514] }));
     servers.push(await startProbeServer(sb, { host: 'internet' }, { tcp: [443], udp: [53] }));
 
-    const metricsPort = await new Promise<number>((res) => {
-      const srv = createServer();
-      srv.listen(0, '127.0.0.1', () => {
-        const a = srv.address();
-        srv.close(() => res(typeof a === 'object' && a ? a.port : 0));
-      });
-    });
+    const agentLog = join(work, 'agent.log');
+    const logStream = createWriteStream(agentLog);
+    const run = await spawnAgent(
+      ['--manifests', manifests, '--node-name', sb.nodeName, '--cgroup-root', sb.cgroupRoot, '--bpffs', BPFFS, '--pin-dir', pinDir, '--api-socket', socket],
+      { stdout: logStream },
+    );
+    agent = run.child;
+    const pid = run.pid;
     const heapUsedKiB = async (): Promise<number> => {
-      const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+      const text = await (await fetch(`http://127.0.0.1:${run.port}/metrics`)).text();
       const line = text.split('\n').find((l) => l.startsWith('nodejs_heap_size_used_bytes '));
       return line ? Math.round(Number(line.split(' ')[1]) / 1024) : -1;
     };
-    const agentLog = join(work, 'agent.log');
-    const logStream = createWriteStream(agentLog);
-    agent = spawn(
-      process.execPath,
-      [WEIR, 'agent', '--manifests', manifests, '--node-name', sb.nodeName, '--cgroup-root', sb.cgroupRoot, '--bpffs', BPFFS, '--pin-dir', pinDir, '--metrics-addr', `127.0.0.1:${metricsPort}`, '--api-socket', socket],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    agent.stdout?.pipe(logStream);
-    let stderr = '';
-    agent.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-4000)));
-    const pid = agent.pid as number;
     const status = async (): Promise<AgentStatus> => {
       const r = await queryLocalApi(socket, '/v1/status');
       if (r.status !== 200) throw new Error(`weir status answered ${r.status}`);
       return r.body as AgentStatus;
     };
-    const t0 = Date.now();
-    for (;;) {
-      if (agent.exitCode !== null) throw new Error(`the agent exited: ${stderr}`);
-      const s = await status().catch(() => null);
-      if (s?.ready) break;
-      if (Date.now() - t0 > 60_000) throw new Error('the agent did not become ready in 60 s');
-      await sleep(200);
-    }
-    log(`agent ${pid} ready in ${Date.now() - t0} ms; soak for ${minutes} min`);
+    const readyMs = await waitReady(run, 60_000);
+    log(`agent ${pid} ready in ${readyMs} ms; soak for ${minutes} min`);
 
     const stable = [sb.pod('team-a', 'stable-a'), sb.pod('team-b', 'stable-b')];
     const sources = [];

@@ -6,10 +6,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { pino } from 'pino';
-import { Agent, type Violation } from '../../src/agent/agent.js';
+import type { Agent, Violation } from '../../src/agent/agent.js';
 import { Sandbox } from '../../src/sandbox/sandbox.js';
 import type { SandboxSpec } from '../../src/sandbox/spec.js';
 import { probeIcmp, probeTcp, probeUdp, startServer, startStream, type ProbeProcess } from './helpers/traffic.js';
+import { startSandboxAgent, stopSandboxAgent, type SandboxAgent } from '../helpers/agent-process.js';
 import { BPFFS } from '../helpers/kernel.js';
 import { verifyAuditLog } from '../../src/audit/verify.js';
 import { readFileSync, statSync } from 'node:fs';
@@ -58,6 +59,7 @@ spec:
 `;
 
 let sb: Sandbox;
+let run: SandboxAgent | undefined;
 let agent: Agent;
 let dir: string;
 let auditDir: string;
@@ -79,38 +81,22 @@ beforeAll(async () => {
   await Sandbox.cleanupLeftovers();
   sb = await Sandbox.create(spec);
   dir = mkdtempSync(join(tmpdir(), 'weir-e2e-'));
-  auditDir = mkdtempSync(join(tmpdir(), 'weir-e2e-audit-'));
   sb.writeManifests(dir);
   writeFileSync(join(dir, 'train-data.yaml'), TRAIN_POLICY);
   writeFileSync(join(dir, 'prod-model.yaml'), SERVING_POLICY);
   servers.push(await startServer(sb, 'feature-store', { tcp: [8080, 9000], udp: [514] }));
   servers.push(await startServer(sb, 'public-internet', { tcp: [443], udp: [53] }));
   servers.push(await startServer(sb, 'ml-serving/model-server', { tcp: [8080] }));
-  agent = await Agent.start(
-    {
-      manifests: dir,
-      nodeName: spec.nodeName ?? null,
-      cgroupRoot: sb.cgroupRoot,
-      bpffs: BPFFS,
-      pinDir,
-      metricsAddr: '127.0.0.1:0',
-      auditLog: { path: join(auditDir, 'audit.log') },
-      apiSocket: join(auditDir, 'weir.sock'),
-    },
-    pino({ level: process.env.WEIR_TEST_LOG ?? 'silent' }),
-  );
+  run = await startSandboxAgent(sb, { manifests: dir, pinDir, logger: pino({ level: process.env.WEIR_TEST_LOG ?? 'silent' }), tmpPrefix: 'weir-e2e-audit-' });
+  ({ agent, dir: auditDir } = run);
   agent.onViolation((v) => violations.push(v));
 }, 120_000);
 
 afterAll(async () => {
   for (const s of servers) await s.stop();
-  if (agent) {
-    agent.datapath.uninstall();
-    await agent.stop();
-  }
+  await stopSandboxAgent(run);
   await sb?.destroy();
   if (dir) rmSync(dir, { recursive: true, force: true });
-  if (auditDir) rmSync(auditDir, { recursive: true, force: true });
 });
 
 describe('enforcement on the sandbox node', () => {

@@ -12,13 +12,14 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
-import { Agent } from '../../src/agent/agent.js';
+import type { Agent } from '../../src/agent/agent.js';
 import { CONST, decodeFqdnLearnedKey, decodeFqdnLearnedValue, type StatName } from '../../src/datapath/abi.js';
 import { bytesToAddress } from '../../src/policy/prefix.js';
 import { exposeDnsService, kubeDnsManifests, startDnsServer, type DnsRecord, type SandboxDnsServer } from '../../src/sandbox/dns-server.js';
 import { ResolverProbe, runProbe, startProbeServer, type ProbeProcess, type ProbeResult } from '../../src/sandbox/probe-runner.js';
 import { Sandbox } from '../../src/sandbox/sandbox.js';
 import type { SandboxSpec } from '../../src/sandbox/spec.js';
+import { startSandboxAgent, stopSandboxAgent, type SandboxAgent } from '../helpers/agent-process.js';
 import { BPFFS } from '../helpers/kernel.js';
 
 const CLUSTER_IP = '10.96.0.10';
@@ -97,9 +98,9 @@ const BUILDER_POLICY = {
 let sb: Sandbox;
 let dns: SandboxDnsServer;
 let rogue: SandboxDnsServer;
+let run: SandboxAgent | undefined;
 let agent: Agent;
 let dir: string;
-let auditDir: string;
 const pinDir = join(BPFFS, `weir-e2e-fqdn-${process.pid}`);
 const servers: ProbeProcess[] = [];
 const logLines: Record<string, unknown>[] = [];
@@ -108,7 +109,6 @@ beforeAll(async () => {
   await Sandbox.cleanupLeftovers();
   sb = await Sandbox.create(spec);
   dir = mkdtempSync(join(tmpdir(), 'weir-e2e-fqdn-'));
-  auditDir = mkdtempSync(join(tmpdir(), 'weir-e2e-fqdn-audit-'));
   dns = await startDnsServer(sb, { ipv4: '10.96.0.53', ipv6: 'fd00:96::53', records, zones: ['example.com', 'example.net', 'example.org'] });
   rogue = await startDnsServer(sb, { hostName: 'rogue', ipv4: '10.96.0.66', records: rogueRecords, zones: ['example.com'] });
   await exposeDnsService(sb, dns, { ipv4: CLUSTER_IP, ipv6: CLUSTER_IP6 });
@@ -129,33 +129,18 @@ beforeAll(async () => {
       },
     },
   );
-  agent = await Agent.start(
-    {
-      manifests: dir,
-      nodeName: spec.nodeName ?? null,
-      cgroupRoot: sb.cgroupRoot,
-      bpffs: BPFFS,
-      pinDir,
-      metricsAddr: '127.0.0.1:0',
-      auditLog: { path: join(auditDir, 'audit.log') },
-      apiSocket: join(auditDir, 'weir.sock'),
-    },
-    logger,
-  );
+  run = await startSandboxAgent(sb, { manifests: dir, pinDir, logger, tmpPrefix: 'weir-e2e-fqdn-audit-' });
+  agent = run.agent;
   expect(agent.datapath.fqdnLearning).toBe(true);
 }, 120_000);
 
 afterAll(async () => {
   for (const s of servers) await s.stop();
-  if (agent) {
-    agent.datapath.uninstall();
-    await agent.stop();
-  }
+  await stopSandboxAgent(run);
   await rogue?.stop();
   await dns?.stop();
   await sb?.destroy();
   if (dir) rmSync(dir, { recursive: true, force: true });
-  if (auditDir) rmSync(auditDir, { recursive: true, force: true });
 });
 
 // ---- helpers ----------------------------------------------------------------------
@@ -421,7 +406,7 @@ describe('DNS-aware egress on the sandbox node', () => {
     const audit = agent.auditLog;
     if (!audit) throw new Error('no audit log');
     await audit.flush({ sync: true });
-    const records = readFileSync(join(auditDir, 'audit.log'), 'utf8')
+    const records = readFileSync(join((run as SandboxAgent).dir, 'audit.log'), 'utf8')
       .trim()
       .split('\n')
       .map((l) => JSON.parse(l) as { kind: string; data: Record<string, unknown> });

@@ -21,9 +21,8 @@
 //      (a watch dropped mid-stream: test/e2e/kubernetes-agent.test.ts).
 //   7. local security: the API socket refuses other users; no token in any
 //      log line; programs of others on the same hooks stay attached and run.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { pino } from 'pino';
@@ -59,6 +58,7 @@ import { PolicyEngine } from '../../src/policy/engine.js';
 import { addressBytes } from '../../src/policy/prefix.js';
 import { decide } from '../../src/policy/verdict.js';
 import { BpfLink, BpfMap, BpfObject, bpfConstants, progInfo, progQuery } from '../../src/native/index.js';
+import { readyz, running, spawnAgent, stopAgent, waitReady, WEIR_CLI as WEIR, type AgentProcess } from '../../src/sandbox/agent-process.js';
 import { Prober, type ProberRequest } from '../../src/sandbox/probe-runner.js';
 import { Sandbox, type SandboxPod } from '../../src/sandbox/sandbox.js';
 import type { SandboxSpec } from '../../src/sandbox/spec.js';
@@ -68,7 +68,6 @@ import { BPFFS } from '../helpers/kernel.js';
 import { probeTcp, startServer, startStream, type ProbeProcess } from './helpers/traffic.js';
 
 const ROOT = resolve(import.meta.dirname, '../..');
-const WEIR = join(ROOT, 'dist/cli/weir.js');
 const NODE = process.execPath;
 const BPF = bpfConstants();
 const HOOKS = PROGRAMS.map((p) => ({
@@ -147,33 +146,14 @@ function newPinDir(tag: string): string {
   return d;
 }
 
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const a = s.address();
-  await new Promise<void>((r) => s.close(() => r()));
-  if (typeof a !== 'object' || a === null) throw new Error('no port');
-  return a.port;
-}
-
 // ---- the agent as a process -------------------------------------------------
 
-interface AgentRun {
-  child: ChildProcess;
-  pid: number;
-  port: number;
-  socket: string;
-  out: string[];
-  err: string[];
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
+/** The agent process (src/sandbox/agent-process.ts) and its local API socket. */
+type AgentRun = AgentProcess & { socket: string };
 
 async function startAgent(o: { pinDir: string; objectsDir?: string; source?: string[]; extra?: string[]; logLevel?: string }): Promise<AgentRun> {
-  const port = await freePort();
   const socket = join(work, `api-${++sequence}`, 'weir.sock');
-  const args = [
-    WEIR,
-    'agent',
+  const run = await spawnAgent([
     ...(o.source ?? ['--manifests', manifests]),
     '--node-name',
     sb.nodeName,
@@ -183,58 +163,21 @@ async function startAgent(o: { pinDir: string; objectsDir?: string; source?: str
     BPFFS,
     '--pin-dir',
     o.pinDir,
-    '--metrics-addr',
-    `127.0.0.1:${port}`,
     '--api-socket',
     socket,
     '--log-level',
     o.logLevel ?? 'info',
     ...(o.objectsDir !== undefined ? ['--objects-dir', o.objectsDir] : []),
     ...(o.extra ?? []),
-  ];
-  const child = spawn(NODE, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  children.add(child);
-  const out: string[] = [];
-  const err: string[] = [];
-  child.stdout?.setEncoding('utf8').on('data', (d: string) => out.push(d));
-  child.stderr?.setEncoding('utf8').on('data', (d: string) => err.push(d));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) =>
-    child.on('close', (code, signal) => {
-      children.delete(child);
-      res({ code, signal });
-    }),
-  );
-  if (child.pid === undefined) throw new Error('the agent did not start');
-  return { child, pid: child.pid, port, socket, out, err, exited };
-}
-
-const running = (a: AgentRun): boolean => a.child.exitCode === null && a.child.signalCode === null;
-
-async function readyz(a: AgentRun): Promise<number> {
-  try {
-    return (await fetch(`http://127.0.0.1:${a.port}/readyz`, { signal: AbortSignal.timeout(2000) })).status;
-  } catch {
-    return 0; // not listening yet
-  }
+  ]);
+  children.add(run.child);
+  void run.exited.then(() => children.delete(run.child));
+  return { ...run, socket };
 }
 
 /** Resolves with the time it took once /readyz answers 200; rejects if the agent exits first. */
-async function ready(a: AgentRun, ms = 30_000): Promise<number> {
-  const t0 = Date.now();
-  await waitFor(`agent ${a.pid} ready`, async () => {
-    if (!running(a)) throw new Error(`the agent exited: ${a.err.join('')}\n${a.out.join('').slice(-3000)}`);
-    return (await readyz(a)) === 200;
-  }, ms);
-  return Date.now() - t0;
-}
-
-async function kill(a: AgentRun, signal: NodeJS.Signals): Promise<void> {
-  if (!running(a)) return;
-  a.child.kill(signal);
-  const timer = setTimeout(() => a.child.kill('SIGKILL'), 15_000);
-  await a.exited;
-  clearTimeout(timer);
-}
+const ready = (a: AgentRun, ms = 30_000): Promise<number> => waitReady(a, ms);
+const kill = (a: AgentRun, signal: NodeJS.Signals): Promise<void> => stopAgent(a, signal);
 
 async function metricsText(a: AgentRun): Promise<string> {
   return (await fetch(`http://127.0.0.1:${a.port}/metrics`)).text();
