@@ -18,6 +18,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { BpfMap } from '../native/index.js';
 import { MAP_NAMES } from '../datapath/datapath.js';
 import { decodePerCpuU64, u32Key, STAT_NAMES, type StatName } from '../datapath/abi.js';
+import { FakeApiServer, type FakeObjectInput } from '../sandbox/api-server.js';
 import { BPFFS, scratch } from './scratch.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -418,9 +419,13 @@ function moduleBaseline(): ModuleBaseline[] {
 
 export type FootprintPhase = 'idle' | 'one flow' | '1,000 flows' | '20,000 flows';
 
+/** Where the agent reads the cluster model: --manifests DIR, or the Kubernetes API (the test API server, src/sandbox/api-server.ts, serving the same objects). */
+export type FootprintSource = 'manifests' | 'kubernetes';
+
 export interface FootprintRow {
   clusterPods: number;
   nodePods: number;
+  source: FootprintSource;
   policies: number;
   cidrs: number;
   phase: FootprintPhase;
@@ -443,6 +448,7 @@ export interface FootprintRow {
 export interface FootprintStart {
   clusterPods: number;
   nodePods: number;
+  source: FootprintSource;
   readyMs: number;
   startCpuS: number;
   rssAtReadyMiB: number;
@@ -486,12 +492,19 @@ export async function footprint(opts: { quick: boolean; log: (l: string) => void
   let maps: MapMemory[] = [];
   let possibleCpus = 0;
   const config =
-    'weir agent --manifests DIR --node-name bench-node --cgroup-root <own tree> --metrics-addr 127.0.0.1:PORT --api-socket off --audit-log FILE --log-level info (default map capacities), stdout to a file';
+    'weir agent --manifests DIR --node-name bench-node --cgroup-root <own tree> --metrics-addr 127.0.0.1:PORT --api-socket off --audit-log FILE --log-level info (default map capacities), stdout to a file; ' +
+    'the Kubernetes API rows: --kubeconfig FILE instead of --manifests DIR, for the test API server (src/sandbox/api-server.ts, in the bench process) serving the same objects';
+  // Every size from manifests; 1,000 pods idle also from the Kubernetes API.
+  const runs: { clusterPods: number; source: FootprintSource }[] = [
+    ...sizes.map((n) => ({ clusterPods: n, source: 'manifests' as const })),
+    { clusterPods: 1000, source: 'kubernetes' },
+  ];
 
-  for (const clusterPods of sizes) {
+  for (const { clusterPods, source } of runs) {
     const nodePods = nodePodsFor(clusterPods);
     const began = Date.now();
-    const tag = `weir-fp-${process.pid}-${clusterPods}`;
+    const label = `pods ${String(clusterPods).padStart(6)}${source === 'kubernetes' ? ' (API)' : ''}`;
+    const tag = `weir-fp-${process.pid}-${clusterPods}${source === 'kubernetes' ? '-api' : ''}`;
     const scr = scratch();
     const cgRoot = scr.cgroup(tag);
     const podsRoot = join(cgRoot, 'kubepods');
@@ -514,7 +527,21 @@ export async function footprint(opts: { quick: boolean; log: (l: string) => void
       if (!genPod) throw new Error('no pod on this node');
       const genCgroup = join(podsRoot, genPod.cgroup, 'violator');
       mkdirSync(genCgroup);
-      writeModel(manifests, model);
+      let sourceArgs = ['--manifests', manifests];
+      if (source === 'manifests') writeModel(manifests, model);
+      else {
+        const api = new FakeApiServer({ bookmarkIntervalMs: 60_000 });
+        await api.start();
+        scr.defer(
+          () => undefined,
+          async () => {
+            await stopChild(agent); // before its API server goes
+            await api.stop();
+          },
+        );
+        for (const body of model.files.values()) for (const item of (body as { items: FakeObjectInput[] }).items) api.create(item);
+        sourceArgs = ['--kubeconfig', await api.writeKubeconfig(work)];
+      }
       const violator = buildGenerator(work);
 
       const port = await freePort();
@@ -524,7 +551,7 @@ export async function footprint(opts: { quick: boolean; log: (l: string) => void
         process.execPath,
         [
           WEIR_CLI, 'agent',
-          '--manifests', manifests,
+          ...sourceArgs,
           '--node-name', NODE_NAME,
           '--cgroup-root', cgRoot,
           '--bpffs', BPFFS,
@@ -586,6 +613,7 @@ export async function footprint(opts: { quick: boolean; log: (l: string) => void
         const row: FootprintRow = {
           clusterPods,
           nodePods,
+          source,
           policies: model.policies,
           cidrs: model.cidrs,
           phase: name,
@@ -601,7 +629,7 @@ export async function footprint(opts: { quick: boolean; log: (l: string) => void
         };
         rows.push(row);
         opts.log(
-          `  pods ${String(clusterPods).padStart(6)} (${nodePods} here) ${name.padEnd(12)} ${vps.toFixed(0).padStart(6)} viol/s ${row.eventsPerSec.toFixed(0).padStart(5)} ev/s ${row.eventsLostPerSec > 0 ? `(${row.eventsLostPerSec.toFixed(0)} lost/s) ` : ''} CPU ${row.cpuPct.toFixed(1)}% [${row.cpuPctMin.toFixed(1)}–${row.cpuPctMax.toFixed(1)}]  RSS ${row.rssMiB.toFixed(0)} MiB (peak ${row.peakRssMiB.toFixed(0)})`,
+          `  ${label} (${nodePods} here) ${name.padEnd(12)} ${vps.toFixed(0).padStart(6)} viol/s ${row.eventsPerSec.toFixed(0).padStart(5)} ev/s ${row.eventsLostPerSec > 0 ? `(${row.eventsLostPerSec.toFixed(0)} lost/s) ` : ''} CPU ${row.cpuPct.toFixed(1)}% [${row.cpuPctMin.toFixed(1)}–${row.cpuPctMax.toFixed(1)}]  RSS ${row.rssMiB.toFixed(0)} MiB (peak ${row.peakRssMiB.toFixed(0)})`,
         );
       };
       await phase('idle');
@@ -622,6 +650,7 @@ export async function footprint(opts: { quick: boolean; log: (l: string) => void
       const start: FootprintStart = {
         clusterPods,
         nodePods,
+        source,
         readyMs,
         startCpuS: atReady.ticks / CLK_TCK,
         rssAtReadyMiB: atReady.rssKiB / 1024,
@@ -635,14 +664,16 @@ export async function footprint(opts: { quick: boolean; log: (l: string) => void
       if (start.podsGoverned !== nodePods) throw new Error(`the agent governs ${start.podsGoverned} pods, expected ${nodePods}`);
       if (start.compileFailing !== 0) throw new Error(`${start.compileFailing} policies failed to compile`);
       opts.log(
-        `  pods ${String(clusterPods).padStart(6)}: ready in ${readyMs} ms (${start.startCpuS.toFixed(1)} s CPU, RSS ${start.rssAtReadyMiB.toFixed(0)} MiB); /metrics scrape ${start.scrapeCpuMs.toFixed(0)} ms CPU, ${(start.scrapeBytes / 1024).toFixed(0)} KiB`,
+        `  ${label}: ready in ${readyMs} ms (${start.startCpuS.toFixed(1)} s CPU, RSS ${start.rssAtReadyMiB.toFixed(0)} MiB); /metrics scrape ${start.scrapeCpuMs.toFixed(0)} ms CPU, ${(start.scrapeBytes / 1024).toFixed(0)} KiB`,
       );
-      await phase('one flow');
-      await phase('1,000 flows');
-      // Beyond what the agent can process (docs/performance.md, "Event
-      // pipeline"): the ring buffer fills, losses are counted; RSS stays bounded.
-      if (!opts.quick) await phase('20,000 flows');
-      opts.log(`  pods ${String(clusterPods).padStart(6)}: ${((Date.now() - began) / 1000).toFixed(0)} s`);
+      if (source === 'manifests') {
+        await phase('one flow');
+        await phase('1,000 flows');
+        // Beyond what the agent can process (docs/performance.md, "Event
+        // pipeline"): the ring buffer fills, losses are counted; RSS stays bounded.
+        if (!opts.quick) await phase('20,000 flows');
+      }
+      opts.log(`  ${label}: ${((Date.now() - began) / 1000).toFixed(0)} s`);
     } finally {
       await scr.close();
     }
@@ -653,6 +684,7 @@ export async function footprint(opts: { quick: boolean; log: (l: string) => void
 }
 
 const MiB = (b: number): string => (b / 2 ** 20).toFixed(1);
+const SOURCE_TEXT: Record<FootprintSource, string> = { manifests: '--manifests', kubernetes: 'Kubernetes API' };
 
 export function footprintMarkdown(r: FootprintResult, m: Record<string, string | number>, cmd: string): string {
   const lines = [
@@ -669,11 +701,11 @@ export function footprintMarkdown(r: FootprintResult, m: Record<string, string |
     '',
     `Source: ${r.tree}. Load average (1 min) at start and end: ${r.loadAvg[0].toFixed(1)}, ${r.loadAvg[1].toFixed(1)} (the machine is shared; figures are from one run).`,
     '',
-    '| pods (cluster) | pods (this node) | phase | violations/s | events sent/s (kernel) | events lost/s | agent CPU % | RSS MiB | peak RSS MiB |',
-    '|---:|---:|---|---:|---:|---:|---:|---:|---:|',
+    '| pods (cluster) | pods (this node) | source | phase | violations/s | events sent/s (kernel) | events lost/s | agent CPU % | RSS MiB | peak RSS MiB |',
+    '|---:|---:|---|---|---:|---:|---:|---:|---:|---:|',
     ...r.rows.map(
       (x) =>
-        `| ${x.clusterPods} | ${x.nodePods} | ${x.phase} | ${x.violationsPerSec.toFixed(0)} | ${x.eventsPerSec.toFixed(0)} | ${x.eventsLostPerSec.toFixed(0)} | ${x.cpuPct.toFixed(1)} [${x.cpuPctMin.toFixed(1)}–${x.cpuPctMax.toFixed(1)}] | ${x.rssMiB.toFixed(0)} | ${x.peakRssMiB.toFixed(0)} |`,
+        `| ${x.clusterPods} | ${x.nodePods} | ${SOURCE_TEXT[x.source]} | ${x.phase} | ${x.violationsPerSec.toFixed(0)} | ${x.eventsPerSec.toFixed(0)} | ${x.eventsLostPerSec.toFixed(0)} | ${x.cpuPct.toFixed(1)} [${x.cpuPctMin.toFixed(1)}–${x.cpuPctMax.toFixed(1)}] | ${x.rssMiB.toFixed(0)} | ${x.peakRssMiB.toFixed(0)} |`,
     ),
     '',
     'Base memory: a fresh Node.js process that only loads modules (process.memoryUsage()):',
@@ -682,10 +714,10 @@ export function footprintMarkdown(r: FootprintResult, m: Record<string, string |
     '|---|---:|---:|',
     ...r.baseline.map((b) => `| ${b.what} | ${b.rssMiB.toFixed(0)} | ${b.heapUsedMiB.toFixed(0)} |`),
     '',
-    '| pods (cluster) | ready after | CPU to ready | RSS at ready | CPU per /metrics scrape | scrape size |',
-    '|---:|---:|---:|---:|---:|---:|',
+    '| pods (cluster) | source | ready after | CPU to ready | RSS at ready | CPU per /metrics scrape | scrape size |',
+    '|---:|---|---:|---:|---:|---:|---:|',
     ...r.starts.map(
-      (s) => `| ${s.clusterPods} | ${(s.readyMs / 1000).toFixed(1)} s | ${s.startCpuS.toFixed(1)} s | ${s.rssAtReadyMiB.toFixed(0)} MiB | ${s.scrapeCpuMs.toFixed(0)} ms | ${(s.scrapeBytes / 1024).toFixed(0)} KiB |`,
+      (s) => `| ${s.clusterPods} | ${SOURCE_TEXT[s.source]} | ${(s.readyMs / 1000).toFixed(1)} s | ${s.startCpuS.toFixed(1)} s | ${s.rssAtReadyMiB.toFixed(0)} MiB | ${s.scrapeCpuMs.toFixed(0)} ms | ${(s.scrapeBytes / 1024).toFixed(0)} KiB |`,
     ),
     '',
     `BPF maps at the default capacities, ${r.possibleCpus} possible CPUs. "kernel" is the map's memlock as the kernel reports it (fdinfo), which is what it charges to the memory cgroup of the process that created the map; "computed" is (key + value) × max_entries, × possible CPUs for per-CPU maps.`,
