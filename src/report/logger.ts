@@ -241,6 +241,11 @@ type ProtoChild = (this: Logger, bindings: Record<string, unknown>, options?: ob
 const sym = pino.symbols as unknown as Record<string, symbol>;
 type PinoInternals = Record<symbol, unknown> & Logger;
 const asJsonChannel = tracingChannel('pino_asJson');
+/** The internals read below: a pino without one of them is not the pino this was written against (its lines go through pino). */
+const PINO_SYMBOLS_USED = [
+  'hooksSym', 'formattersSym', 'stringifiersSym', 'mixinSym', 'msgPrefixSym', 'nestedKeySym', 'messageKeySym', 'errorKeySym',
+  'endSym', 'timeSym', 'serializersSym', 'streamSym', 'needsMetadataGsym', 'lsCacheSym', 'chindingsSym',
+];
 /** Keys that would make pino do something other than write `,"key":value`. */
 const PINO_SPECIAL_KEYS = new Set(['err', 'method', 'headers', 'socket', 'setHeader', 'msg']);
 const IDENTIFIER = /^[A-Za-z_$][A-Za-z0-9_$]*$/;
@@ -289,6 +294,7 @@ function keyPrefixes(log: Logger): Map<string, string | null> | null {
   const formatters = l[sym.formattersSym as symbol] as { log?: unknown } | undefined;
   const stringifiers = l[sym.stringifiersSym as symbol] as object | undefined;
   const ok =
+    PINO_SYMBOLS_USED.every((n) => typeof sym[n] === 'symbol') &&
     !l[sym.mixinSym as symbol] &&
     !hooks?.logMethod &&
     !hooks?.streamWrite &&
