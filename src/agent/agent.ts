@@ -607,6 +607,7 @@ export class Agent {
     this.metrics.policyCompileFailing.set(state.problems.length + res.failedSets.length);
     this.metrics.mapWrites.inc({ what: 'sets' }, res.setsWritten);
     this.metrics.mapWrites.inc({ what: 'nodes' }, res.nodesWritten);
+    this.metrics.mapWrites.inc({ what: 'tails' }, res.tailsWritten);
     this.metrics.mapWrites.inc({ what: 'classes' }, res.classesWritten);
     this.metrics.mapWrites.inc({ what: 'pods' }, res.podsWritten + res.podsRemoved);
     if (res.reconciled) {
@@ -624,6 +625,7 @@ export class Agent {
           sets: res.setsWritten,
           setsRemoved: res.setsRemoved,
           nodes: res.nodesWritten,
+          tails: res.tailsWritten,
           classes: res.classesWritten,
           pods: res.podsWritten,
           podsRemoved: res.podsRemoved,

@@ -78,7 +78,7 @@ const DEFAULT_LINGER_MS = 5 * 60_000;
 const SLOW_MAPS_MS = 5_000;
 
 /** weir_reconcile_entries_total's label values, exported at 0 from the start. */
-export const RECONCILE_MAPS = ['weir_pods', 'weir_pod_ips', 'weir_sets', 'weir_nodes', 'weir_classes', 'weir_fqdn_keys', 'weir_dns_resolvers'] as const;
+export const RECONCILE_MAPS = ['weir_pods', 'weir_pod_ips', 'weir_sets', 'weir_nodes', 'weir_trie_tails', 'weir_classes', 'weir_fqdn_keys', 'weir_dns_resolvers'] as const;
 export const RECONCILE_ACTIONS = ['added', 'removed', 'rewritten'] as const;
 
 /** Sync error kinds exported at 0 from the start, so `increase()` sees their first error. */

@@ -693,8 +693,8 @@ describe('agent lifecycle on the sandbox node', () => {
       const lines = logLines(d.run);
       const mig = lines.filter((l) => typeof l.map === 'string' && (l.reason === 'layout' || l.reason === 'consistency'));
       expect(mig.find((l) => l.map === 'weir_sets')).toMatchObject({ reason: 'layout', copied: null, from: { valueSize: 32 }, to: { valueSize: 16 } });
-      // (weir_fqdn_keys holds weir_classes ids: it migrates with them.)
-      expect(mig.filter((l) => l.reason === 'consistency').map((l) => l.map).sort()).toEqual(['weir_classes', 'weir_fqdn_keys', 'weir_nodes', 'weir_pod_ips', 'weir_pods']);
+      // (weir_fqdn_keys and weir_trie_tails hold weir_classes ids: they migrate with them.)
+      expect(mig.filter((l) => l.reason === 'consistency').map((l) => l.map).sort()).toEqual(['weir_classes', 'weir_fqdn_keys', 'weir_nodes', 'weir_pod_ips', 'weir_pods', 'weir_trie_tails']);
       const order = lines.map((l) => l.msg);
       expect(order.indexOf('policy applied')).toBeLessThan(order.indexOf('datapath attached to the pods cgroup root'));
       expect(withPinned(pinDir, 'weir_sets', (m) => m.valueSize)).toBe(16);
