@@ -135,6 +135,14 @@ interface SetRecord {
 /** The three refcounted, content-keyed kinds of slot a set's trie is made of. */
 type SlotKind = 'nodes' | 'classes' | 'tails';
 
+/** A slot a set's write added to the mirror: new, or claimed from the adopted state (its content, hex). */
+interface CreatedSlot {
+  kind: SlotKind;
+  key: string;
+  index: number;
+  claimed?: string;
+}
+
 interface Slot {
   index: number;
   refs: number;
@@ -486,6 +494,32 @@ export class StateWriter {
     byContent.delete(hex);
     l[kind].delete(index); // now owned by a slot of this writer; no longer released with the legacy
     return index;
+  }
+
+  /**
+   * Takes a reference on the `kind` slot of content `key`: the one this
+   * writer holds, else an adopted one with the same bytes (kept where it
+   * is), else a new index whose bytes are queued in `fresh` for one batched
+   * write. What it adds to the mirror is listed in `created` (rollback).
+   */
+  private refSlot(kind: SlotKind, key: string, encode: () => Buffer, created: CreatedSlot[], fresh: { index: number; buf: Buffer }[]): Slot {
+    const slots = this.slotsOf(kind);
+    let slot = slots.get(key);
+    if (!slot) {
+      const buf = encode();
+      const reused = this.claim(kind, buf);
+      if (reused !== undefined) {
+        slot = { index: reused, refs: 0 };
+        created.push({ kind, key, index: reused, claimed: buf.toString('hex') });
+      } else {
+        slot = { index: this.allocOf(kind).alloc(), refs: 0 };
+        created.push({ kind, key, index: slot.index });
+        fresh.push({ index: slot.index, buf });
+      }
+      slots.set(key, slot);
+    }
+    slot.refs++;
+    return slot;
   }
 
   private slotsOf(kind: SlotKind): Map<string, Slot> {
@@ -856,7 +890,7 @@ export class StateWriter {
     /** Node and tail keys (isTailKey tells them apart). */
     const nodeKeys: string[] = [];
     /** Slots this call added to the mirror (new, or claimed from the adopted state). */
-    const created: { kind: SlotKind; key: string; index: number; claimed?: string }[] = [];
+    const created: CreatedSlot[] = [];
     try {
       return this.writeSetSlots(key, desired, contentKey, gen, res, adopted, classKeys, nodeKeys, created);
     } catch (err) {
@@ -891,7 +925,7 @@ export class StateWriter {
     adopted: number | undefined,
     classKeys: string[],
     nodeKeys: string[],
-    created: { kind: SlotKind; key: string; index: number; claimed?: string }[],
+    created: CreatedSlot[],
   ): { release: () => void; written: boolean } {
     const classIds = new Map<string, number>();
     const newClasses: { index: number; buf: Buffer }[] = [];
@@ -904,21 +938,7 @@ export class StateWriter {
         classIds.set(f.key, 0); // the empty class is class 0
         continue;
       }
-      let slot = this.classes.get(f.key);
-      if (!slot) {
-        const buf = encodePortClass(f.cls);
-        const reused = this.claim('classes', buf);
-        if (reused !== undefined) {
-          slot = { index: reused, refs: 0 };
-          created.push({ kind: 'classes', key: f.key, index: reused, claimed: buf.toString('hex') });
-        } else {
-          slot = { index: this.classAlloc.alloc(), refs: 0 };
-          created.push({ kind: 'classes', key: f.key, index: slot.index });
-          newClasses.push({ index: slot.index, buf });
-        }
-        this.classes.set(f.key, slot);
-      }
-      slot.refs++;
+      const slot = this.refSlot('classes', f.key, () => encodePortClass(f.cls), created, newClasses);
       classKeys.push(f.key);
       classIds.set(f.key, slot.index);
     }
@@ -948,21 +968,7 @@ export class StateWriter {
       for (const spec of t.tails) {
         if (seen.has(spec.key)) continue;
         seen.add(spec.key);
-        let slot = this.tails.get(spec.key);
-        if (!slot) {
-          const buf = encodeTrieTail({ addr: spec.prefix.bytes, len: spec.prefix.len, hit: spec.hit, miss: spec.miss });
-          const reused = this.claim('tails', buf);
-          if (reused !== undefined) {
-            slot = { index: reused, refs: 0 };
-            created.push({ kind: 'tails', key: spec.key, index: reused, claimed: buf.toString('hex') });
-          } else {
-            slot = { index: this.allocOf('tails').alloc(), refs: 0 };
-            created.push({ kind: 'tails', key: spec.key, index: slot.index });
-            newTails.push({ index: slot.index, buf });
-          }
-          this.tails.set(spec.key, slot);
-        }
-        slot.refs++;
+        this.refSlot('tails', spec.key, () => encodeTrieTail({ addr: spec.prefix.bytes, len: spec.prefix.len, hit: spec.hit, miss: spec.miss }), created, newTails);
         nodeKeys.push(spec.key);
       }
     }
@@ -975,22 +981,8 @@ export class StateWriter {
       for (const spec of t.nodes) {
         if (seen.has(spec.key)) continue;
         seen.add(spec.key);
-        let slot = this.nodes.get(spec.key);
-        if (!slot) {
-          // Children come first, so their indices (reused or new) are known.
-          const buf = encodeTrieNode(encodeNode(spec, indexOf));
-          const reused = this.claim('nodes', buf);
-          if (reused !== undefined) {
-            slot = { index: reused, refs: 0 };
-            created.push({ kind: 'nodes', key: spec.key, index: reused, claimed: buf.toString('hex') });
-          } else {
-            slot = { index: this.nodeAlloc.alloc(), refs: 0 };
-            created.push({ kind: 'nodes', key: spec.key, index: slot.index });
-            newNodes.push({ index: slot.index, buf });
-          }
-          this.nodes.set(spec.key, slot);
-        }
-        slot.refs++;
+        // Children come first, so their indices (reused or new) are known.
+        this.refSlot('nodes', spec.key, () => encodeTrieNode(encodeNode(spec, indexOf)), created, newNodes);
         nodeKeys.push(spec.key);
       }
     }

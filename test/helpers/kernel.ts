@@ -12,9 +12,9 @@ import { ObjectStore } from '../../src/model/store.js';
 import { validateObject } from '../../src/model/validate.js';
 import type { KubeObject, QosClass } from '../../src/model/types.js';
 import { PolicyEngine } from '../../src/policy/engine.js';
-import { Datapath, removePins, type Capacities } from '../../src/datapath/datapath.js';
+import { Datapath, removePins, type Capacities, type MapName } from '../../src/datapath/datapath.js';
 import { cgroupIdOf, cgroupLevel, defaultCgroupRoot } from '../../src/datapath/cgroups.js';
-import type { PodBinding } from '../../src/datapath/state-writer.js';
+import { StateWriter, type PodBinding, type WritableMap } from '../../src/datapath/state-writer.js';
 import { ensureBpffs } from '../../src/native/bpffs.js';
 import { removeCgroupTree } from '../../src/sandbox/cgroup.js';
 
@@ -162,6 +162,28 @@ export class KernelBed {
       bindings.push({ uid: p.uid, namespace: p.namespace, name: p.name, cgroupId: cgroupIdOf(tp.dir), setKey: p.setKey });
     }
     return this.dp.writer.apply(state, bindings);
+  }
+
+  /**
+   * A second StateWriter over the bed's maps, as a restarted agent's: it
+   * has not adopted them yet (call adopt()).
+   */
+  restartedWriter(log = pino({ level: 'silent' })): StateWriter {
+    const m = (n: MapName): WritableMap => this.dp.map(n) as unknown as WritableMap;
+    return new StateWriter(
+      {
+        pods: m('weir_pods'),
+        podIps: m('weir_pod_ips'),
+        sets: m('weir_sets'),
+        nodes: m('weir_nodes'),
+        tails: m('weir_trie_tails'),
+        classes: m('weir_classes'),
+        fqdnKeys: m('weir_fqdn_keys'),
+        dnsResolvers: m('weir_dns_resolvers'),
+      },
+      { graceMs: 0, maxEndpoints: this.dp.capacities().endpoints, dnsSecret: () => this.dp.dnsSecret() },
+      log,
+    );
   }
 
   endpointOf(pod: TestPod): number {

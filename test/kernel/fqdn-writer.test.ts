@@ -6,10 +6,9 @@
 // policy and Service changes (revoking at once), and a restarted writer
 // adopts and reconciles what the pinned maps hold.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { pino } from 'pino';
 import { CONST, decodeDnsKey, decodeFqdnKeyValue, decodeSetValue, encodeDnsKey, encodeFqdnKeyValue, u32Key } from '../../src/datapath/abi.js';
 import { cgroupIdOf } from '../../src/datapath/cgroups.js';
-import { StateWriter, type PolicyMaps, type WritableMap } from '../../src/datapath/state-writer.js';
+import type { StateWriter } from '../../src/datapath/state-writer.js';
 import { nameHash } from '../../src/policy/fqdn-hash.js';
 import { buildMessage, DNS, udpFrame } from '../helpers/dns-wire.js';
 import { learnedOf } from '../helpers/fqdn.js';
@@ -183,21 +182,10 @@ describe('a restarted agent adopts the pinned keys and resolvers', () => {
     const id = setId();
     const want = keysOf(id);
     expect(want).toHaveLength(3);
-    const m = (n: Parameters<KernelBed['dp']['map']>[0]): WritableMap => bed.dp.map(n) as unknown as WritableMap;
-    const maps: PolicyMaps = {
-      pods: m('weir_pods'),
-      podIps: m('weir_pod_ips'),
-      sets: m('weir_sets'),
-      nodes: m('weir_nodes'),
-      tails: m('weir_trie_tails'),
-      classes: m('weir_classes'),
-      fqdnKeys: m('weir_fqdn_keys'),
-      dnsResolvers: m('weir_dns_resolvers'),
-    };
     const state = bed.engine.compute(bed.store);
     const bindings = [{ uid: pod.uid, namespace: 'ml', name: pod.name, cgroupId: cgroupIdOf(pod.dir), setKey: 'EgressPolicy/ml/trainer' }];
     const restart = (): StateWriter => {
-      const w = new StateWriter(maps, { graceMs: 0, maxEndpoints: bed.dp.capacities().endpoints, dnsSecret: () => bed.dp.dnsSecret() }, pino({ level: 'silent' }));
+      const w = bed.restartedWriter();
       expect(w.adopt()).toMatchObject({ sets: 1, resolvers: 2 });
       return w;
     };

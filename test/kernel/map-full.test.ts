@@ -34,12 +34,14 @@ interface Harness {
 
 let ctx: Buffer;
 
-async function harness(capacities: Partial<Capacities>, opts: { eventIntervalMs?: number } = {}): Promise<Harness> {
+/** opts.tails: the writer also has weir_trie_tails (as the agent's); without, it builds nodes only, so node counts are what the tests below reason about. */
+async function harness(capacities: Partial<Capacities>, opts: { eventIntervalMs?: number; tails?: boolean } = {}): Promise<Harness> {
   const bed = await KernelBed.create({ capacities, graceMs: 0, eventIntervalMs: opts.eventIntervalMs ?? 60_000 });
   const logs: LogLine[] = [];
   const logger = pino({ level: 'debug' }, { write: (l: string) => logs.push(JSON.parse(l) as LogLine) });
   const m = (n: Parameters<KernelBed['dp']['map']>[0]): WritableMap => bed.dp.map(n) as unknown as WritableMap;
   const maps: PolicyMaps = { pods: m('weir_pods'), podIps: m('weir_pod_ips'), sets: m('weir_sets'), nodes: m('weir_nodes'), classes: m('weir_classes') };
+  if (opts.tails) maps.tails = m('weir_trie_tails');
   const writer = new StateWriter(maps, { graceMs: 0, maxEndpoints: bed.dp.capacities().endpoints }, logger);
   const pods: TestPod[] = [];
   const events: RawEvent[] = [];
@@ -435,7 +437,8 @@ describe('conntrack (weir_ct, LRU) and event aggregation (weir_agg, LRU) full', 
 describe('a 100,000-rule policy, with capacities that fit it', () => {
   it('compiles, is written whole, and the kernel enforces it (times in docs/operations.md)', async () => {
     // 100,000 /32s scattered over 10.0.0.0/8 (tens of thousands of trie
-    // nodes: the worst case for the writer at this size), TCP 443. Built as
+    // nodes and tails: the worst case for the writer at this size), TCP 443,
+    // written as the agent writes it (with tails). Built as
     // validateObject would return it: the validator refuses more than 10,000.
     let seed = 7;
     const rnd = (): number => {
@@ -446,7 +449,7 @@ describe('a 100,000-rule policy, with capacities that fit it', () => {
       return seed & 255;
     };
     const cidrs = Array.from({ length: 100_000 }, () => `10.${rnd()}.${rnd()}.${rnd()}/32`);
-    const h = await harness({ nodes: 70_000, classes: 64 });
+    const h = await harness({ nodes: 70_000, tails: 100_000, classes: 64 }, { tails: true });
     try {
       const pod = addPod(h, 'big', 'p', { app: 'p' }, '10.244.9.1');
       h.bed.store.upsert({
@@ -463,10 +466,14 @@ describe('a 100,000-rule policy, with capacities that fit it', () => {
       const t2 = performance.now();
       expect(res.failedSets).toEqual([]);
       const nodes = h.writer.usage().weir_nodes?.used ?? 0;
+      const tails = h.writer.usage().weir_trie_tails?.used ?? 0;
       if (process.env.WEIR_LIMITS_REPORT === '1') {
-        console.info(`[limits] 100k scattered rules: engine compute ${(t1 - t0).toFixed(0)} ms, StateWriter.apply ${(t2 - t1).toFixed(0)} ms, ${nodes} trie nodes, ${res.classesWritten} classes`);
+        console.info(`[limits] 100k scattered rules: engine compute ${(t1 - t0).toFixed(0)} ms, StateWriter.apply ${(t2 - t1).toFixed(0)} ms, ${nodes} trie nodes, ${tails} tails, ${res.classesWritten} classes`);
       }
+      // A /24 holding one of the /32s is a tail, one holding two or more a node.
       expect(nodes).toBeGreaterThan(20_000);
+      expect(tails).toBeGreaterThan(10_000);
+      expect(nodes + tails).toBeLessThan(100_000);
       expect(t1 - t0).toBeLessThan(60_000);
       expect(t2 - t1).toBeLessThan(60_000);
       // Spot checks in the kernel: listed /32 on 443 allowed, other port or address dropped.
@@ -481,7 +488,7 @@ describe('a 100,000-rule policy, with capacities that fit it', () => {
       // An unchanged policy costs nothing the next time.
       const t3 = performance.now();
       const again = h.writer.apply(h.bed.engine.compute(h.bed.store, []), [binding]);
-      expect(again.nodesWritten + again.setsWritten + again.podsWritten).toBe(0);
+      expect(again.nodesWritten + again.tailsWritten + again.setsWritten + again.podsWritten).toBe(0);
       if (process.env.WEIR_LIMITS_REPORT === '1') console.info(`[limits] 100k rules, unchanged re-apply: ${(performance.now() - t3).toFixed(0)} ms`);
     } finally {
       h.close();

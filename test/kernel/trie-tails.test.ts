@@ -5,11 +5,10 @@
 // the tails it finds and write nothing again, removed sets must free them,
 // and a full tail map must refuse a set whole.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { pino } from 'pino';
 import { KernelBed, inCgroup, nonLoopbackIfindex, type TestPod } from '../helpers/kernel.js';
 import { IPPROTO, packet, skbContext, type PacketSpec } from '../helpers/packets.js';
 import { cgroupIdOf } from '../../src/datapath/cgroups.js';
-import { StateWriter, type PodBinding, type PolicyMaps, type WritableMap } from '../../src/datapath/state-writer.js';
+import type { PodBinding } from '../../src/datapath/state-writer.js';
 import { decodeTrieTail, u32Key } from '../../src/datapath/abi.js';
 
 let ctx: Buffer;
@@ -140,17 +139,8 @@ describe('trie tails in the kernel', () => {
   });
 
   it('a restarted writer adopts the tails, reuses them by content and writes nothing again', () => {
-    const m = (n: Parameters<KernelBed['dp']['map']>[0]): WritableMap => bed.dp.map(n) as unknown as WritableMap;
-    const maps: PolicyMaps = {
-      pods: m('weir_pods'),
-      podIps: m('weir_pod_ips'),
-      sets: m('weir_sets'),
-      nodes: m('weir_nodes'),
-      tails: m('weir_trie_tails'),
-      classes: m('weir_classes'),
-    };
     const before = bed.dp.writer.usage();
-    const next = new StateWriter(maps, { graceMs: 0, maxEndpoints: bed.dp.capacities().endpoints }, pino({ level: 'silent' }));
+    const next = bed.restartedWriter();
     const adopted = next.adopt();
     expect(adopted.tails).toBe(before.weir_trie_tails?.used);
     expect(adopted.nodes).toBe(before.weir_nodes?.used);
