@@ -214,7 +214,7 @@ const STAGES: { key: string; label: string }[] = [
   { key: 'explain', label: 'enrich: policy and rule (attribution cache; engine.explain on a miss)' },
   { key: 'enrich', label: 'enrich: the rest (addresses, verdict, workload, /proc/PID/comm)' },
   { key: 'metrics', label: 'count (weir_violations_total)' },
-  { key: 'log', label: 'log line (pino: serialise, redact, write)' },
+  { key: 'log', label: 'log line (logEvent, or pino for what it cannot write: serialise, write)' },
   { key: 'audit', label: 'audit record (canonical JSON, SHA-256 chain, write)' },
   { key: 'observe', label: 'observe hub' },
   { key: 'handler', label: 'rest of the handler (onEvents)' },

@@ -252,6 +252,21 @@ function socketCounters(pinDir: string, pods: SandboxPod[]): Map<string, { allow
   return out;
 }
 
+const SOAK_HELP = `Usage: npm run soak -- [--minutes N] [--sample-seconds S] [--out DIR] [--name NAME]
+
+The agent (dist/cli/weir.js) on a sandbox node under pod and policy churn,
+with allowed and denied traffic, for N minutes; then the churn is undone and
+the maps, the kernel counters and every allowed call are checked. Needs root.
+
+Options:
+  --minutes N          How long (default 20).
+  --sample-seconds S   Sample RSS, open fds and weir status every S seconds (default 10).
+  --out DIR            Where the results go (default bench/results).
+  --name NAME          Result file names (default soak, or soak-<N>min).
+  -h, --help           Show this help.
+
+Exit 1 if a check fails.`;
+
 async function main(): Promise<number> {
   const { values } = parseArgs({
     options: {
@@ -259,8 +274,13 @@ async function main(): Promise<number> {
       'sample-seconds': { type: 'string', default: '10' },
       out: { type: 'string' },
       name: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
     },
   });
+  if (values.help) {
+    console.log(SOAK_HELP);
+    return 0;
+  }
   const minutes = Number(values.minutes);
   const sampleMs = Number(values['sample-seconds']) * 1000;
   if (!(minutes > 0) || !(sampleMs > 0)) throw new Error('--minutes and --sample-seconds must be positive numbers');
