@@ -34,7 +34,7 @@
 //    program run the same way (the "+" columns). The maps are written by the
 //    real policy engine and StateWriter from Kubernetes objects.
 import { randomUUID } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
@@ -53,6 +53,7 @@ import { removeCgroupTree } from '../sandbox/cgroup.js';
 import { exposeDnsService, kubeDnsManifests, startDnsServer, type DnsRecord, type SandboxDnsServer } from '../sandbox/dns-server.js';
 import { probeCommand } from '../sandbox/probe-runner.js';
 import { Sandbox } from '../sandbox/sandbox.js';
+import { ownCgroupDir, testRunIfindex } from './test-run.js';
 
 export interface DnsBenchOptions {
   quick: boolean;
@@ -393,18 +394,6 @@ function udpFrame(src: string, dst: string, sport: number, dport: number, payloa
   return Buffer.concat([eth, ip, udp, payload]);
 }
 
-function ownCgroupDir(): string {
-  const line = readFileSync('/proc/self/cgroup', 'utf8').split('\n').find((l) => l.startsWith('0::'));
-  return join(defaultCgroupRoot(), line ? line.slice(3) : '/');
-}
-
-function ifindex(): number {
-  for (const n of readdirSync('/sys/class/net')) {
-    if (n !== 'lo') return Number(readFileSync(`/sys/class/net/${n}/ifindex`, 'utf8').trim());
-  }
-  throw new Error('no non-loopback interface for test_run');
-}
-
 function object(raw: unknown): Parameters<ObjectStore['upsert']>[0] {
   const r = validateObject(raw);
   if (!r.ok) throw new Error(r.ignored ? `ignored kind ${r.kind}` : r.error.message);
@@ -460,7 +449,7 @@ async function kernelCost(opts: DnsBenchOptions): Promise<KernelRow[] | { skippe
     if (endpoint === undefined) throw new Error('the bench pod has no endpoint');
 
     const ctx = Buffer.alloc(192);
-    ctx.writeUInt32LE(ifindex(), 40);
+    ctx.writeUInt32LE(testRunIfindex(), 40);
     const learnedMap = dp.map('weir_fqdn_learned');
     const forget = (): void => {
       for (const k of learnedMap.keys()) if (decodeFqdnLearnedKey(k).endpointId === endpoint) learnedMap.delete(k);

@@ -26,6 +26,7 @@ type ProgramSpecOf = (typeof PROGRAMS)[number];
 import { createLogger, logEvent } from '../report/logger.js';
 import { removeCgroupTree } from '../sandbox/cgroup.js';
 import { NODE_NAME, clusterModel, sourceTree, writeModel } from './footprint.js';
+import { testRunIfindex } from './test-run.js';
 
 export interface EventStep {
   /** Offered rate asked of the generator (0: as fast as it can). */
@@ -100,13 +101,6 @@ function frame(src: number[]): Buffer {
   return b;
 }
 
-function ifindex(): number {
-  for (const n of readdirSync('/sys/class/net')) {
-    if (n !== 'lo') return Number(readFileSync(`/sys/class/net/${n}/ifindex`, 'utf8').trim());
-  }
-  throw new Error('no non-loopback interface for test_run');
-}
-
 interface GeneratorArgs {
   ringbufBytes: number;
   bpffs: string;
@@ -132,7 +126,7 @@ async function generator(args: GeneratorArgs): Promise<void> {
   writeFileSync(args.procs, String(process.pid));
   const data = frame(args.src);
   const ctx = Buffer.alloc(192);
-  ctx.writeUInt32LE(ifindex(), 40);
+  ctx.writeUInt32LE(testRunIfindex(), 40);
   const sleeper = new Int32Array(new SharedArrayBuffer(4));
   let k = 0;
   process.stdout.write('ready\n');

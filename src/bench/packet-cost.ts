@@ -17,7 +17,7 @@
 // the three; each figure is the median of the rounds.
 import { spawnSync } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -32,6 +32,7 @@ import type { Policy, Rule } from '../policy/normalize.js';
 import { bytesToAddress, maskBytes, type Family, type Prefix } from '../policy/prefix.js';
 import { removeCgroupTree } from '../sandbox/cgroup.js';
 import { buildTrie } from '../datapath/trie.js';
+import { ipv4Bytes, ownCgroupDir, tcpFrame, TCP_ACK, testRunIfindex } from './test-run.js';
 
 export interface PacketCostOptions {
   quick: boolean;
@@ -131,34 +132,10 @@ function hostIn(p: Prefix, rand: () => number): Uint8Array {
   return b;
 }
 
-function frame(family: Family, src: string, dst: Uint8Array): Buffer {
-  const tcp = Buffer.alloc(20);
-  tcp.writeUInt16BE(40000, 0);
-  tcp.writeUInt16BE(443, 2);
-  tcp.writeUInt8(0x50, 12);
-  tcp.writeUInt8(0x10, 13);
-  const eth = Buffer.alloc(14);
-  if (family === 4) {
-    eth.writeUInt16BE(0x0800, 12);
-    const ip = Buffer.alloc(20);
-    ip.writeUInt8(0x45, 0);
-    ip.writeUInt16BE(40, 2);
-    ip.writeUInt8(64, 8);
-    ip.writeUInt8(6, 9);
-    Buffer.from(src.split('.').map(Number)).copy(ip, 12);
-    Buffer.from(dst).copy(ip, 16);
-    return Buffer.concat([eth, ip, tcp]);
-  }
-  eth.writeUInt16BE(0x86dd, 12);
-  const ip = Buffer.alloc(40);
-  ip.writeUInt32BE(0x60000000, 0);
-  ip.writeUInt16BE(20, 4);
-  ip.writeUInt8(6, 6);
-  ip.writeUInt8(64, 7);
-  ip.writeUInt16BE(0xfd00, 8);
-  ip.writeUInt8(1, 23);
-  Buffer.from(dst).copy(ip, 24);
-  return Buffer.concat([eth, ip, tcp]);
+/** The benchmark's packet: a TCP ACK to port 443 (it could be a reply). IPv6 comes from fd00::1. */
+function frameTo(family: Family, src: string, dst: Uint8Array): Buffer {
+  const from = family === 4 ? ipv4Bytes(src) : Uint8Array.from([0xfd, 0, ...new Array(13).fill(0), 1]);
+  return tcpFrame(from, dst, 443, TCP_ACK);
 }
 
 const PYTHON = '/usr/bin/python3';
@@ -237,21 +214,9 @@ function resultsDir(opts: PacketCostOptions): string {
   return typeof values.out === 'string' ? values.out : resolve(dirname(fileURLToPath(import.meta.url)), '../..', 'bench', 'results');
 }
 
-function ownCgroupDir(): string {
-  const line = readFileSync('/proc/self/cgroup', 'utf8').split('\n').find((l) => l.startsWith('0::'));
-  return join(defaultCgroupRoot(), line ? line.slice(3) : '/');
-}
-
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.floor(s.length / 2)] ?? NaN;
-}
-
-function ifindex(): number {
-  for (const n of readdirSync('/sys/class/net')) {
-    if (n !== 'lo') return Number(readFileSync(`/sys/class/net/${n}/ifindex`, 'utf8').trim());
-  }
-  throw new Error('no non-loopback interface for test_run');
 }
 
 export async function packetCost(opts: PacketCostOptions): Promise<PacketCostRow[]> {
@@ -264,7 +229,7 @@ export async function packetCost(opts: PacketCostOptions): Promise<PacketCostRow
   const sizes = opts.quick ? [0, 1000, 100_000] : [0, 100, 1000, 10_000, 100_000];
   const podCounts = opts.quick ? [10, 10_000] : [10, 1000, 10_000];
   const ctx = Buffer.alloc(192);
-  ctx.writeUInt32LE(ifindex(), 40);
+  ctx.writeUInt32LE(testRunIfindex(), 40);
 
   const tag = `weir-bench-${process.pid}`;
   const cgRoot = join(defaultCgroupRoot(), tag);
@@ -379,7 +344,7 @@ export async function packetCost(opts: PacketCostOptions): Promise<PacketCostRow
         if (r.retval !== expect) throw new Error(`weir_egress returned ${r.retval}, expected ${expect} for ${bytesToAddress(family, data.subarray(family === 4 ? 30 : 38, family === 4 ? 34 : 54))}`);
         return r.durationNs;
       };
-      const hitData = frame(family, src, hit);
+      const hitData = frameTo(family, src, hit);
       const row: PacketCostRow = {
         family,
         cidrs: n,
@@ -387,8 +352,8 @@ export async function packetCost(opts: PacketCostOptions): Promise<PacketCostRow
         emptyNs: time(refRun('bench_empty'), hitData),
         lpmNs: time(refRun('bench_lpm'), hitData),
         weirHitNs: n > 0 ? time(weirRun(1), hitData) : NaN,
-        weirMissNs: time(weirRun(0), frame(family, src, miss)),
-        weirDenyNs: time(weirRun(0), frame(family, src, deny)),
+        weirMissNs: time(weirRun(0), frameTo(family, src, miss)),
+        weirDenyNs: time(weirRun(0), frameTo(family, src, deny)),
         trieNodes,
         trieTails,
         trieBytes: trieNodes * 1024 + trieTails * 40,

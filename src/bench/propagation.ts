@@ -18,7 +18,7 @@
 // bench process moves into the pod's container cgroup for the run and back,
 // as test/helpers/kernel.ts inCgroup does), until its verdict for a packet
 // the change allows flips from drop to pass.
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
@@ -30,6 +30,7 @@ import type { KubeObject } from '../model/types.js';
 import { ensureBpffs } from '../native/index.js';
 import { FakeApiServer, type FakeObjectInput } from '../sandbox/api-server.js';
 import { removeCgroupTree } from '../sandbox/cgroup.js';
+import { ipv4Bytes, ownCgroupDir, tcpFrame, TCP_SYN, testRunIfindex } from './test-run.js';
 
 export interface PropagationRow {
   pods: number;
@@ -120,37 +121,6 @@ function rawProbePolicy(port: number, name: string): Record<string, unknown> {
 const PROBE_SRC = 0;
 const PROBE_DST = 20;
 
-/** An Ethernet frame: TCP SYN from src to dst:port. */
-function synFrame(src: string, dst: string, port: number): Buffer {
-  const eth = Buffer.alloc(14);
-  eth.writeUInt16BE(0x0800, 12);
-  const ip = Buffer.alloc(20);
-  ip.writeUInt8(0x45, 0);
-  ip.writeUInt16BE(40, 2);
-  ip.writeUInt8(64, 8);
-  ip.writeUInt8(6, 9);
-  Buffer.from(src.split('.').map(Number)).copy(ip, 12);
-  Buffer.from(dst.split('.').map(Number)).copy(ip, 16);
-  const tcp = Buffer.alloc(20);
-  tcp.writeUInt16BE(40000, 0);
-  tcp.writeUInt16BE(port, 2);
-  tcp.writeUInt8(0x50, 12);
-  tcp.writeUInt8(0x02, 13);
-  return Buffer.concat([eth, ip, tcp]);
-}
-
-function ownCgroupDir(): string {
-  const line = readFileSync('/proc/self/cgroup', 'utf8').split('\n').find((l) => l.startsWith('0::'));
-  return join(defaultCgroupRoot(), line ? line.slice(3) : '/');
-}
-
-function ifindex(): number {
-  for (const n of readdirSync('/sys/class/net')) {
-    if (n !== 'lo') return Number(readFileSync(`/sys/class/net/${n}/ifindex`, 'utf8').trim());
-  }
-  throw new Error('no non-loopback interface for test_run');
-}
-
 const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
 
 interface Change {
@@ -170,7 +140,7 @@ export async function propagation(opts: { quick: boolean; log: (l: string) => vo
   const samples = opts.quick ? 10 : 100;
   const home = ownCgroupDir();
   const ctx = Buffer.alloc(192);
-  ctx.writeUInt32LE(ifindex(), 40);
+  ctx.writeUInt32LE(testRunIfindex(), 40);
   // One agent per source; each measures at 100 pods, then gets the other 900 and measures at 1,000
   // (an agent start, the BPF objects loaded and verified, takes 2-3 s on this VM).
   const podCounts = [100, 1000];
@@ -196,7 +166,7 @@ export async function propagation(opts: { quick: boolean; log: (l: string) => vo
       // The verdict of one packet (pod 0 to pod 20 on `port`); the process is in pod 0's container cgroup meanwhile.
       const probe = (port: number): number => {
         const t = process.hrtime.bigint();
-        const retval = agent.datapath.testRun('weir_egress', { data: synFrame(podIp(PROBE_SRC), podIp(PROBE_DST), port), ctx, repeat: 1 }).retval;
+        const retval = agent.datapath.testRun('weir_egress', { data: tcpFrame(ipv4Bytes(podIp(PROBE_SRC)), ipv4Bytes(podIp(PROBE_DST)), port, TCP_SYN), ctx, repeat: 1 }).retval;
         probeCosts.push(Number(process.hrtime.bigint() - t) / 1e6);
         return retval;
       };
